@@ -1,0 +1,109 @@
+import { Context } from '@temporalio/activity';
+import type { StageHeartbeat, StageInput, StageOutput } from '../workflows/types';
+import type { StageName } from '../src/spec/types';
+import { ArtifactStore } from '../src/store/store';
+import { runJobInThread } from '../src/runner/thread';
+import { codeVersion } from '../src/runner/code-version';
+import { contentHash } from '../src/util/canonical';
+import type { StageTracker } from './tracking';
+
+/** What every stage activity needs; built once per worker. */
+export interface ActivityDeps {
+  store: ArtifactStore;
+  /** Opens (or, on a retry, finds again) a stage's nested MLflow run; null when tracking is off. */
+  tracker: StageTracker | null;
+}
+
+/**
+ * The cache key of one unit of stage work: its resolved inputs and options plus the code version, so the
+ * same work is never done twice and a code change is never served a stale result.
+ */
+export function cacheKey(kind: string, resolvedInputs: unknown): string {
+  return contentHash({ kind, inputs: resolvedInputs, code: codeVersion() });
+}
+
+/**
+ * Runs one ML job in a worker thread: heartbeats its progress (step, loss, ETA) and checkpoint reference,
+ * resumes from the previous attempt's last heartbeated checkpoint when `resumeMatches` accepts it, and
+ * aborts the thread when the activity is cancelled.
+ */
+export async function runHeartbeatedJob<T>(
+  deps: ActivityDeps,
+  job: string,
+  input: unknown,
+  resumeMatches: (checkpoint: unknown) => boolean = () => true,
+): Promise<T> {
+  const ctx = Context.current();
+  const previous = ctx.info.heartbeatDetails as StageHeartbeat | undefined;
+  const resume = previous?.checkpoint !== undefined && resumeMatches(previous.checkpoint) ? previous.checkpoint : undefined;
+  let beat: StageHeartbeat = previous ?? { phase: job, step: 0, totalSteps: 0 };
+  let etaStart: { at: number; step: number } | undefined;
+  return runJobInThread<T>(
+    { job, input, storeRoot: deps.store.root, resume },
+    {
+      signal: ctx.cancellationSignal,
+      onProgress: (p) => {
+        const now = Date.now();
+        if (!etaStart || p.step < etaStart.step) etaStart = { at: now, step: p.step };
+        const done = p.step - etaStart.step;
+        const etaSeconds = done > 0 ? ((now - etaStart.at) / done / 1000) * (p.totalSteps - p.step) : undefined;
+        beat = { ...beat, ...p, etaSeconds };
+        ctx.heartbeat(beat);
+      },
+      onCheckpoint: (_step, checkpoint) => {
+        beat = { ...beat, checkpoint };
+        ctx.heartbeat(beat);
+      },
+    },
+  );
+}
+
+/** Wraps a stage body: times it and logs its metrics to the stage's nested MLflow run. */
+export async function trackedStage(
+  deps: ActivityDeps,
+  stage: StageName,
+  input: StageInput,
+  body: () => Promise<Omit<StageOutput, 'seconds'> & { curves?: Record<string, Array<{ step: number; value: number }>> }>,
+): Promise<StageOutput> {
+  const started = Date.now();
+  const out = await body();
+  const seconds = (Date.now() - started) / 1000;
+  if (deps.tracker && input.tracking) {
+    await deps.tracker.logStage(input.tracking, input.workflowId, stage, {
+      metrics: out.metrics,
+      curves: out.curves ?? {},
+      tags: { 'weightformer.cache_hit': String(out.cacheHit) },
+    });
+  }
+  return { outputs: out.outputs, metrics: out.metrics, cacheHit: out.cacheHit, seconds };
+}
+
+/**
+ * Looks up a stage result. With `noCache` only results computed by this same workflow count (so a retried
+ * attempt still reuses what its earlier attempt finished), never those of earlier runs.
+ */
+export async function lookupCached<T>(deps: ActivityDeps, input: StageInput, key: string): Promise<T | undefined> {
+  return deps.store.getCached<T>(input.noCache ? cacheKey('run-scoped', { key, workflowId: input.workflowId }) : key);
+}
+
+/** Records a stage result under its key, and under this run's scope for retries of a `noCache` run. */
+export async function storeCached(deps: ActivityDeps, input: StageInput, key: string, value: unknown): Promise<void> {
+  await deps.store.putCached(key, value);
+  if (input.noCache) await deps.store.putCached(cacheKey('run-scoped', { key, workflowId: input.workflowId }), value);
+}
+
+/** Runs a job unless its result is cached under the key of `keyInputs`. */
+export async function cachedJob<T>(
+  deps: ActivityDeps,
+  input: StageInput,
+  job: string,
+  jobInput: unknown,
+  keyInputs: unknown,
+): Promise<{ result: T; cacheHit: boolean }> {
+  const key = cacheKey(job, keyInputs);
+  const cached = await lookupCached<T>(deps, input, key);
+  if (cached) return { result: cached, cacheHit: true };
+  const result = await runHeartbeatedJob<T>(deps, job, jobInput);
+  await storeCached(deps, input, key, result);
+  return { result, cacheHit: false };
+}

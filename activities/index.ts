@@ -1,0 +1,23 @@
+import { trainTeachersActivity } from './teachers';
+import { generateStudentActivity } from './generate';
+import { finetuneStudentActivity } from './finetune';
+import { computeBaselinesActivity } from './baselines';
+import { evaluatePipelineActivity } from './evaluate';
+import { trackingActivities } from './tracking';
+import type { ActivityDeps } from './common';
+
+export type { ActivityDeps } from './common';
+
+/** All activities of the `pipeline` workflow, bound to one worker's store and tracker. */
+export function createActivities(deps: ActivityDeps) {
+  return {
+    trainTeachers: trainTeachersActivity(deps),
+    generateStudent: generateStudentActivity(deps),
+    finetuneStudent: finetuneStudentActivity(deps),
+    computeBaselines: computeBaselinesActivity(deps),
+    evaluatePipeline: evaluatePipelineActivity(deps),
+    ...trackingActivities(deps),
+  };
+}
+
+export type Activities = ReturnType<typeof createActivities>;

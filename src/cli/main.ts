@@ -1,0 +1,235 @@
+import * as path from 'node:path';
+import { Command, Option } from 'commander';
+import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
+import { loadPipelineFile, expandMatrix, validateFiles } from '../spec/load';
+import { SpecError } from '../util/errors';
+import { startEmbeddedStack, type EmbeddedStack } from '../stack/embedded';
+import { createPipelineWorker, type TaskQueue } from '../worker/worker';
+import { followPipeline, readLiveStatus } from './follow';
+import { renderResultTable } from './table';
+import { cancelSignal } from '../../workflows/pipeline';
+import type { PipelineInput, PipelineResult } from '../../workflows/types';
+
+/** Where local state (Temporal DB, MLflow store, artifacts) lives unless told otherwise. */
+function stateDir(opt?: string): string {
+  return path.resolve(opt ?? process.env.WEIGHTFORMER_STATE_DIR ?? '.weightformer');
+}
+function storeRoot(state: string): string {
+  return path.resolve(process.env.WEIGHTFORMER_STORE ?? path.join(state, 'store'));
+}
+
+async function connectClient(address: string): Promise<Client> {
+  const connection = await Connection.connect({ address });
+  return new Client({ connection, namespace: process.env.TEMPORAL_NAMESPACE ?? 'default' });
+}
+
+interface RunOptions {
+  cache: boolean;
+  json: boolean;
+  wait: boolean;
+  stateDir?: string;
+}
+
+/**
+ * `weightformer run FILE`: with TEMPORAL_ADDRESS unset, starts the embedded stack and an in-process
+ * worker, follows the run and stops everything afterwards; with it set, submits to that cluster.
+ */
+async function runCommand(file: string, opts: RunOptions): Promise<number> {
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const progressOut = opts.json ? process.stderr : process.stdout;
+  const loaded = loadPipelineFile(file);
+  const cells = Object.keys(loaded.spec.matrix).length > 0 ? expandMatrix(loaded.spec) : undefined;
+  const state = stateDir(opts.stateDir);
+  const external = process.env.TEMPORAL_ADDRESS || undefined;
+  let stack: EmbeddedStack | null = null;
+  const stopAll: Array<() => Promise<void>> = [];
+  const onSignal = () => {
+    log('interrupted: stopping the local stack');
+    void Promise.allSettled(stopAll.map((s) => s())).then(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    if (!external) {
+      stack = await startEmbeddedStack({ stateDir: state, mlflowUrl: process.env.MLFLOW_TRACKING_URI || undefined, log });
+      stopAll.push(() => stack!.stop());
+    }
+    const address = external ?? stack!.temporalAddress;
+    const mlflowUrl = process.env.MLFLOW_TRACKING_URI || stack?.mlflowUrl || null;
+    const client = await connectClient(address);
+    let workerRun: Promise<void> | null = null;
+    if (stack) {
+      const worker = await createPipelineWorker({ temporalAddress: address, taskQueue: 'cpu', storeRoot: storeRoot(state), mlflowUrl });
+      workerRun = worker.run();
+      stopAll.unshift(async () => {
+        worker.shutdown();
+        await workerRun;
+      });
+    }
+    const workflowId = `${loaded.spec.name}-${loaded.hash.slice(0, 12)}-${Date.now().toString(36)}`;
+    const input: PipelineInput = { spec: loaded.spec, specHash: loaded.hash, file: path.resolve(file), noCache: !opts.cache, cells };
+    const handle = await client.workflow.start('pipeline', { taskQueue: 'cpu', workflowId, args: [input] });
+    log(`started workflow ${workflowId}${stack ? ` (Temporal UI ${stack.temporalUiUrl}/namespaces/default/workflows/${workflowId})` : ''}`);
+    if (external && !opts.wait) {
+      if (opts.json) process.stdout.write(`${JSON.stringify({ status: 'started', workflowId })}\n`);
+      return 0;
+    }
+    let result: PipelineResult;
+    try {
+      result = await followPipeline(handle, progressOut);
+    } catch (err) {
+      const message = err instanceof WorkflowFailedError ? `${err.message}: ${failureChain(err)}` : String(err);
+      if (opts.json) process.stdout.write(`${JSON.stringify({ status: 'failed', workflowId, error: message })}\n`);
+      else log(`pipeline failed: ${message}`);
+      return 1;
+    }
+    const links = {
+      temporal: stack ? `${stack.temporalUiUrl}/namespaces/default/workflows/${workflowId}` : null,
+      mlflow: mlflowUrl && result.mlflowRunId ? `${mlflowUrl}/#/runs/${result.mlflowRunId}` : null,
+    };
+    if (opts.json) {
+      process.stdout.write(
+        `${JSON.stringify({ status: result.status, workflowId, mlflowRunId: result.mlflowRunId, metrics: result.metrics, report: result.artifacts.report ?? undefined, cells: result.cells })}\n`,
+      );
+    } else {
+      process.stdout.write(`${renderResultTable(result)}\n`);
+      if (links.mlflow) process.stdout.write(`MLflow run:   ${links.mlflow}\n`);
+      if (links.temporal) process.stdout.write(`Temporal UI:  ${links.temporal}\n`);
+    }
+    return 0;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    for (const stop of stopAll) await stop().catch(() => undefined);
+  }
+}
+
+async function workerCommand(opts: { queue: TaskQueue; stateDir?: string }): Promise<number> {
+  const address = process.env.TEMPORAL_ADDRESS;
+  if (!address) throw new Error('TEMPORAL_ADDRESS is not set: a standalone worker needs a Temporal server (or use `weightformer dev`)');
+  const worker = await createPipelineWorker({
+    temporalAddress: address,
+    taskQueue: opts.queue,
+    storeRoot: storeRoot(stateDir(opts.stateDir)),
+    mlflowUrl: process.env.MLFLOW_TRACKING_URI || null,
+  });
+  process.stderr.write(`worker polling task queue '${opts.queue}' on ${address}\n`);
+  const stop = () => worker.shutdown();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  await worker.run();
+  return 0;
+}
+
+async function statusCommand(id: string, opts: { json: boolean }): Promise<number> {
+  const client = await connectClient(requireAddress());
+  const handle = client.workflow.getHandle(id);
+  const description = await handle.describe();
+  const live = await readLiveStatus(handle);
+  const summary = { workflowId: id, status: description.status.name, progress: live.progress, heartbeat: live.heartbeat, attempt: live.attempt, lastFailure: live.lastFailure };
+  process.stdout.write(opts.json ? `${JSON.stringify(summary)}\n` : `${JSON.stringify(summary, null, 2)}\n`);
+  return 0;
+}
+
+async function cancelCommand(id: string, opts: { reason?: string }): Promise<number> {
+  const client = await connectClient(requireAddress());
+  await client.workflow.getHandle(id).signal(cancelSignal, opts.reason ?? 'cancelled from the CLI');
+  process.stderr.write(`cancel signal sent to ${id}\n`);
+  return 0;
+}
+
+async function devCommand(opts: { stateDir?: string }): Promise<number> {
+  const stack = await startEmbeddedStack({ stateDir: stateDir(opts.stateDir), mlflowUrl: process.env.MLFLOW_TRACKING_URI || undefined, log: (l) => process.stderr.write(`${l}\n`) });
+  process.stdout.write(
+    `TEMPORAL_ADDRESS=${stack.temporalAddress}\nMLFLOW_TRACKING_URI=${stack.mlflowUrl}\n# Temporal UI: ${stack.temporalUiUrl}\n# Ctrl-C stops both servers.\n`,
+  );
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await stack.stop();
+  return 0;
+}
+
+function requireAddress(): string {
+  const address = process.env.TEMPORAL_ADDRESS;
+  if (!address) throw new Error('TEMPORAL_ADDRESS is not set (start a server with `weightformer dev`)');
+  return address;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command('weightformer')
+    .description('Consolidate an ensemble into one student model from a declarative pipeline file')
+    .showHelpAfterError();
+  let exitCode = 0;
+  program
+    .command('validate')
+    .argument('<files...>', 'pipeline files')
+    .description('validate pipeline files against the schema (exit 2 on any error)')
+    .action((files: string[]) => {
+      const { ok, output } = validateFiles(files);
+      process.stdout.write(`${output}\n`);
+      exitCode = ok ? 0 : 2;
+    });
+  program
+    .command('run')
+    .argument('<file>', 'pipeline file')
+    .description('run a pipeline (embedded local stack unless TEMPORAL_ADDRESS is set)')
+    .option('--no-cache', 'recompute every stage even when its output is cached')
+    .option('--json', 'print one JSON object on stdout; progress goes to stderr', false)
+    .option('--wait', 'with TEMPORAL_ADDRESS set, follow the run until it ends', false)
+    .option('--state-dir <dir>', 'local state directory (default .weightformer or WEIGHTFORMER_STATE_DIR)')
+    .action(async (file: string, opts: RunOptions) => {
+      exitCode = await runCommand(file, opts);
+    });
+  program
+    .command('worker')
+    .description('run a worker for one task queue against TEMPORAL_ADDRESS')
+    .addOption(new Option('--queue <queue>', 'task queue').choices(['cpu', 'gpu']).default('cpu'))
+    .option('--state-dir <dir>', 'local state directory')
+    .action(async (opts: { queue: TaskQueue; stateDir?: string }) => {
+      exitCode = await workerCommand(opts);
+    });
+  program
+    .command('status')
+    .argument('<id>', 'workflow id')
+    .option('--json', 'one-line JSON', false)
+    .action(async (id: string, opts: { json: boolean }) => {
+      exitCode = await statusCommand(id, opts);
+    });
+  program
+    .command('cancel')
+    .argument('<id>', 'workflow id')
+    .option('--reason <text>')
+    .action(async (id: string, opts: { reason?: string }) => {
+      exitCode = await cancelCommand(id, opts);
+    });
+  program
+    .command('dev')
+    .description('start the local Temporal and MLflow servers and keep them up')
+    .option('--state-dir <dir>', 'local state directory')
+    .action(async (opts: { stateDir?: string }) => {
+      exitCode = await devCommand(opts);
+    });
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof SpecError) {
+      process.stderr.write(`${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  process.exit(exitCode);
+}
+
+/** The innermost causes of a failure, e.g. `Activity task failed: InputError: ...`. */
+function failureChain(err: Error): string {
+  const parts: string[] = [];
+  let cause: unknown = err.cause;
+  while (cause instanceof Error) {
+    parts.push(cause.message);
+    cause = cause.cause;
+  }
+  return parts.join(': ');
+}

@@ -1,0 +1,98 @@
+/**
+ * The one place defaults are applied to a pipeline spec.
+ *
+ * Defaults come from the schema's `default`s (every object property without one is filled recursively), plus
+ * the code defaults the schema cannot express:
+ *   - `data.splitSeed` defaults to the pipeline `seed`;
+ *   - `tracking.experiment` defaults to the pipeline `name`;
+ *   - `stages`: for each stage, `stages.default` is merged (key by key, recursively) under the stage's own
+ *     settings, then the schema defaults of a stage fill the rest; the result has one entry per stage and no
+ *     `default` entry.
+ *
+ * `applyDefaults` expects input that already passed the schema (it does not validate) and returns a new
+ * object; applying it to its own output gives the same spec.
+ */
+import { deref, PIPELINE_SCHEMA, type SchemaNode } from './schema.js';
+import { STAGE_NAMES, type PipelineSpec, type StageName, type StageOptions } from './types.js';
+
+type DeepPartial<T> = T extends Array<unknown> ? T : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> } : T;
+
+/** A pipeline as written in a file: only `version` and `name` are required. */
+export type PipelineInput = DeepPartial<Omit<PipelineSpec, 'version' | 'name' | 'stages'>> & {
+  version: 1;
+  name: string;
+  stages?: Partial<Record<StageName | 'default', DeepPartial<StageOptions>>>;
+};
+
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function clone<T>(v: T): T {
+  return v === undefined ? v : (JSON.parse(JSON.stringify(v)) as T);
+}
+
+/** Sets an own property (also for names like `__proto__`). */
+function setOwn(obj: Record<string, unknown>, key: string, value: unknown): void {
+  Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
+/** Recursively merges `over` onto `base`: mappings merge key by key, anything else replaces. */
+export function deepMerge(base: unknown, over: unknown): unknown {
+  if (over === undefined) return clone(base);
+  if (!isPlainObject(base) || !isPlainObject(over)) return clone(over);
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(base)) setOwn(out, k, clone(v));
+  for (const [k, v] of Object.entries(over)) setOwn(out, k, deepMerge(base[k], v));
+  return out;
+}
+
+/**
+ * Fills the schema defaults of `schema` into a copy of `value`; properties come out in schema order.
+ * `codeDefaults` maps JSON pointers to the defaults the schema cannot express.
+ */
+function fill(
+  schemaIn: SchemaNode, value: unknown, pointer: string, codeDefaults: ReadonlyMap<string, unknown>,
+  skip: ReadonlySet<string> = new Set(),
+): unknown {
+  const schema = deref(schemaIn);
+  if (!schema.properties || !isPlainObject(value)) return clone(value);
+  const out: Record<string, unknown> = {};
+  for (const [key, subIn] of Object.entries(schema.properties)) {
+    if (skip.has(key)) continue;
+    const sub = deref(subIn);
+    const ptr = `${pointer}/${key}`;
+    if (value[key] !== undefined) setOwn(out, key, fill(sub, value[key], ptr, codeDefaults));
+    else if (sub.default !== undefined) setOwn(out, key, fill(sub, clone(sub.default), ptr, codeDefaults));
+    else if (codeDefaults.has(ptr)) setOwn(out, key, clone(codeDefaults.get(ptr)));
+    else if (sub.properties) setOwn(out, key, fill(sub, {}, ptr, codeDefaults));
+    // else: no default at all (the required `version` and `name`)
+  }
+  // Keys the schema does not list (only possible for unvalidated input) are kept as they are.
+  for (const [key, v] of Object.entries(value)) {
+    if (!Object.prototype.hasOwnProperty.call(schema.properties, key)) setOwn(out, key, clone(v));
+  }
+  return out;
+}
+
+/** Returns the fully defaulted spec of a schema-valid pipeline (see the module comment for the rules). */
+export function applyDefaults(input: PipelineInput): PipelineSpec {
+  const raw = input as unknown as Record<string, unknown>;
+  const seedDefault = deref(PIPELINE_SCHEMA.properties!['seed']!).default;
+  const codeDefaults = new Map<string, unknown>([
+    ['/data/splitSeed', raw['seed'] ?? seedDefault],
+    ['/tracking/experiment', raw['name']],
+  ]);
+  const out = fill(PIPELINE_SCHEMA, raw, '', codeDefaults, new Set(['stages', 'matrix'])) as Record<string, unknown>;
+
+  const stageSchema = PIPELINE_SCHEMA.definitions!['stageOptions']!;
+  const rawStages = isPlainObject(raw['stages']) ? raw['stages'] : {};
+  const stages: Record<string, unknown> = {};
+  for (const stage of STAGE_NAMES) {
+    const merged = deepMerge(rawStages['default'] ?? {}, rawStages[stage] ?? {});
+    setOwn(stages, stage, fill(stageSchema, merged, `/stages/${stage}`, codeDefaults));
+  }
+  out['stages'] = stages;
+  out['matrix'] = isPlainObject(raw['matrix']) ? clone(raw['matrix']) : {};
+  return out as unknown as PipelineSpec;
+}

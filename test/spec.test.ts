@@ -1,0 +1,490 @@
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { applyDefaults, type PipelineInput } from '../src/spec/defaults';
+import { canonicalJson, specHash } from '../src/spec/hash';
+import { expandMatrix, loadPipelineFile, loadPipelineText, validateFiles } from '../src/spec/load';
+import { suggest } from '../src/spec/messages';
+import { PIPELINE_SCHEMA, schemaErrors, type SchemaNode } from '../src/spec/schema';
+import type { PipelineSpec, StageOptions } from '../src/spec/types';
+import { SpecError, formatDiagnostic } from '../src/util/errors';
+
+const ROOT = path.resolve(__dirname, '../..');
+const FIXTURES = path.join(ROOT, 'test/fixtures/spec');
+const GOOD = path.join(FIXTURES, 'good');
+const BAD = path.join(FIXTURES, 'bad');
+const PIPELINES = path.join(ROOT, 'pipelines');
+const SCHEMA_FILE = path.join(ROOT, 'schemas/pipeline.schema.json');
+
+function yamlFiles(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir).filter((f) => /\.ya?ml$/.test(f)).sort().map((f) => path.join(dir, f));
+}
+
+/** The SpecError a call throws (fails the test if it returns or throws anything else). */
+function specError(fn: () => unknown): SpecError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof SpecError) return e;
+    throw e;
+  }
+  assert.fail('expected a SpecError');
+}
+
+/** `BASENAME:LINE:COL: PATH: MESSAGE` of every diagnostic. */
+function lines(err: SpecError): string[] {
+  return err.diagnostics.map((d) => formatDiagnostic({ ...d, file: path.basename(d.file) }));
+}
+
+/** Checks the `# yaml-language-server: $schema=` first line and that it points at the schema. */
+function assertSchemaComment(file: string): void {
+  const first = fs.readFileSync(file, 'utf8').split('\n')[0] ?? '';
+  const m = /^# yaml-language-server: \$schema=(\S+)$/.exec(first);
+  assert.ok(m, `${file}: the first line must be '# yaml-language-server: $schema=...'`);
+  assert.equal(path.resolve(path.dirname(file), m[1]!), SCHEMA_FILE, `${file}: $schema must point at ${SCHEMA_FILE}`);
+}
+
+const STAGE_DEFAULTS: StageOptions = {
+  retry: { maximumAttempts: 3, initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s' },
+  startToCloseTimeout: '2h',
+  heartbeatTimeout: '30s',
+  scheduleToStartTimeout: '10m',
+  resources: { gpu: false },
+};
+
+/** test/fixtures/spec/good/minimal.yaml after defaulting; typed, so it lists every field of types.ts. */
+const MINIMAL_DEFAULTED: PipelineSpec = {
+  version: 1,
+  name: 'minimal',
+  seed: 0,
+  data: {
+    source: 'mnist-embedded', shardSize: 500, consolidationSize: 1000, validationSize: 1000, testSize: 2000, splitSeed: 0,
+  },
+  architecture: { family: 'mlp', inputSize: 784, hidden: [64], outputSize: 10, activation: 'relu' },
+  teachers: { count: 4, source: 'train', train: { epochs: 3, batchSize: 64, learningRate: 0.001, checkpointEvery: 20 } },
+  zoo: { count: 0, train: { epochs: 3, batchSize: 64, learningRate: 0.001, checkpointEvery: 20 } },
+  weightformer: { mode: 'none' },
+  generate: { method: 'aligned-average' },
+  finetune: {
+    enabled: true, epochs: 1, batchSize: 64, learningRate: 0.0005, kdWeight: 0.5, temperature: 2, checkpointEvery: 20,
+  },
+  baselines: { include: ['teachers', 'ensemble', 'avg_naive', 'avg_aligned'] },
+  evaluate: { split: 'test' },
+  tracking: { enabled: true, experiment: 'minimal', registerModel: '' },
+  compute: { backend: 'auto' },
+  stages: {
+    teachers: STAGE_DEFAULTS, zoo: STAGE_DEFAULTS, weightformer: STAGE_DEFAULTS, generate: STAGE_DEFAULTS,
+    finetune: STAGE_DEFAULTS, baselines: STAGE_DEFAULTS, evaluate: STAGE_DEFAULTS, track: STAGE_DEFAULTS,
+  },
+  matrix: {},
+};
+
+describe('pipeline spec', () => {
+  describe('schema', () => {
+    it('has exactly the top-level keys of the file format, version and name required', () => {
+      assert.deepEqual(Object.keys(PIPELINE_SCHEMA.properties ?? {}), [
+        'version', 'name', 'seed', 'data', 'architecture', 'teachers', 'zoo', 'weightformer', 'generate', 'finetune',
+        'baselines', 'evaluate', 'tracking', 'compute', 'stages', 'matrix',
+      ]);
+      assert.deepEqual(PIPELINE_SCHEMA.required, ['version', 'name']);
+      assert.ok(typeof PIPELINE_SCHEMA['$id'] === 'string' && typeof PIPELINE_SCHEMA['title'] === 'string');
+    });
+
+    it('describes every field and closes every mapping (additionalProperties: false)', () => {
+      const walk = (s: SchemaNode, where: string): void => {
+        if (s.properties) {
+          assert.equal(s.additionalProperties, false, `${where}: additionalProperties must be false`);
+          for (const [k, sub] of Object.entries(s.properties)) {
+            assert.ok(typeof sub.description === 'string' && sub.description.length > 0, `${where}/${k}: no description`);
+            walk(sub, `${where}/${k}`);
+          }
+        }
+      };
+      walk(PIPELINE_SCHEMA, '');
+      for (const [name, def] of Object.entries(PIPELINE_SCHEMA.definitions ?? {})) walk(def, `#/definitions/${name}`);
+    });
+
+    it('accepts every defaulted spec it produces (schema and types.ts agree)', () => {
+      for (const file of [...yamlFiles(GOOD), ...yamlFiles(PIPELINES)]) {
+        const { spec } = loadPipelineFile(file);
+        assert.deepEqual(schemaErrors(spec), [], file);
+        for (const cell of expandMatrix(spec)) assert.deepEqual(schemaErrors(cell.spec), [], `${file} cell`);
+      }
+    });
+  });
+
+  describe('valid files', () => {
+    const good = yamlFiles(GOOD);
+    it('has good fixtures', () => assert.ok(good.length >= 4));
+    for (const file of good) {
+      it(`loads ${path.relative(ROOT, file)}`, () => {
+        assertSchemaComment(file);
+        const loaded = loadPipelineFile(file);
+        assert.equal(loaded.file, file);
+        assert.match(loaded.hash, /^[0-9a-f]{64}$/);
+        assert.equal(loaded.hash, specHash(loaded.spec));
+      });
+    }
+
+    const pipelines = yamlFiles(PIPELINES);
+    if (pipelines.length === 0) {
+      it('validates every pipelines/*.yaml (none yet)', function () {
+        this.skip();
+      });
+    }
+    for (const file of pipelines) {
+      it(`validates ${path.relative(ROOT, file)}`, () => {
+        assertSchemaComment(file);
+        const loaded = loadPipelineFile(file);
+        assert.ok(expandMatrix(loaded.spec).length >= 1);
+        const { ok, output } = validateFiles([file]);
+        assert.equal(output, `${file}: ok (hash ${loaded.hash.slice(0, 12)}…${
+          Object.keys(loaded.spec.matrix).length ? `, ${expandMatrix(loaded.spec).length} matrix cells` : ''})`);
+        assert.equal(ok, true);
+      });
+    }
+  });
+
+  describe('defaults', () => {
+    it('fills every field of a minimal file', () => {
+      assert.deepEqual(loadPipelineFile(path.join(GOOD, 'minimal.yaml')).spec, MINIMAL_DEFAULTED);
+    });
+
+    it('derives data.splitSeed from seed and tracking.experiment from name unless set', () => {
+      const { spec } = loadPipelineText('version: 1\nname: seeded\nseed: 42\n', 'seeded.yaml');
+      assert.equal(spec.data.splitSeed, 42);
+      assert.equal(spec.tracking.experiment, 'seeded');
+      const full = loadPipelineFile(path.join(GOOD, 'full.yaml')).spec;
+      assert.equal(full.data.splitSeed, 11);
+      assert.equal(full.tracking.experiment, 'consolidation-study');
+    });
+
+    it('merges stages.default under each stage, then the schema defaults', () => {
+      const { stages } = loadPipelineFile(path.join(GOOD, 'full.yaml')).spec;
+      assert.deepEqual(Object.keys(stages), [
+        'teachers', 'zoo', 'weightformer', 'generate', 'finetune', 'baselines', 'evaluate', 'track',
+      ]);
+      assert.deepEqual(stages.teachers, {
+        retry: { maximumAttempts: 5, initialInterval: '500ms', backoffCoefficient: 1.5, maximumInterval: '30s' },
+        startToCloseTimeout: '1.5h', heartbeatTimeout: '1m', scheduleToStartTimeout: '10m', resources: { gpu: true },
+      });
+      assert.deepEqual(stages.track.retry, {
+        maximumAttempts: 1, initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '30s',
+      });
+      assert.deepEqual(stages.zoo, {
+        ...STAGE_DEFAULTS, heartbeatTimeout: '1m',
+        retry: { ...STAGE_DEFAULTS.retry, maximumAttempts: 5, initialInterval: '500ms' },
+      });
+    });
+
+    it('resolves aliases like the values they point at', () => {
+      const { spec } = loadPipelineFile(path.join(GOOD, 'anchors.yaml'));
+      assert.deepEqual(spec.zoo.train, { epochs: 1, batchSize: 128, learningRate: 0.001, checkpointEvery: 20 });
+      assert.deepEqual(spec.stages.finetune.resources, { gpu: true });
+      assert.deepEqual(spec.stages.generate.resources, { gpu: false });
+    });
+
+    it('is idempotent', () => {
+      for (const file of yamlFiles(GOOD)) {
+        const { spec } = loadPipelineFile(file);
+        assert.deepEqual(applyDefaults(spec as unknown as PipelineInput), spec, file);
+      }
+    });
+  });
+
+  describe('hash', () => {
+    const hashOf = (text: string): string => loadPipelineText(text, 'h.yaml').hash;
+
+    it('ignores key order, comments and YAML style', () => {
+      assert.equal(loadPipelineFile(path.join(GOOD, 'reordered.yaml')).hash, loadPipelineFile(path.join(GOOD, 'full.yaml')).hash);
+      const a = hashOf('version: 1\nname: h\nteachers:\n  count: 3\n  train: {epochs: 2}\n');
+      assert.equal(hashOf('# a comment\nteachers: {train: {epochs: 2}, count: 3}  # another\nname: "h"\nversion: 1\n'), a);
+    });
+
+    it('does not depend on whether a default is written out', () => {
+      assert.equal(hashOf('version: 1\nname: h\n'), hashOf('version: 1\nname: h\nseed: 0\nteachers: {count: 4}\n'));
+    });
+
+    it('changes when a value changes', () => {
+      const base = hashOf('version: 1\nname: h\nteachers: {count: 3}\n');
+      assert.notEqual(hashOf('version: 1\nname: h\nteachers: {count: 5}\n'), base);
+      assert.notEqual(hashOf('version: 1\nname: h2\nteachers: {count: 3}\n'), base);
+      assert.notEqual(hashOf('version: 1\nname: h\nteachers: {count: 3}\nstages: {track: {resources: {gpu: true}}}\n'), base);
+    });
+
+    it('is the sha256 of the canonical JSON (sorted keys)', () => {
+      assert.equal(canonicalJson({ b: 1, a: [{ d: true, c: null }, 'x'] }), '{"a":[{"c":null,"d":true},"x"],"b":1}');
+      assert.equal(specHash({ a: 1 }), '015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862');
+    });
+  });
+
+  describe('matrix', () => {
+    it('expands the cartesian product in a deterministic order (sorted keys, last varies fastest)', () => {
+      const { spec } = loadPipelineFile(path.join(GOOD, 'matrix.yaml'));
+      const cells = expandMatrix(spec);
+      assert.deepEqual(cells.map((c) => c.cell), [
+        { 'finetune.kdWeight': 0, 'teachers.count': 2 },
+        { 'finetune.kdWeight': 0, 'teachers.count': 4 },
+        { 'finetune.kdWeight': 0, 'teachers.count': 8 },
+        { 'finetune.kdWeight': 0.5, 'teachers.count': 2 },
+        { 'finetune.kdWeight': 0.5, 'teachers.count': 4 },
+        { 'finetune.kdWeight': 0.5, 'teachers.count': 8 },
+      ]);
+      for (const c of cells) {
+        assert.deepEqual(c.spec.matrix, {});
+        assert.equal(c.spec.finetune.kdWeight, c.cell['finetune.kdWeight']);
+        assert.equal(c.spec.teachers.count, c.cell['teachers.count']);
+        assert.equal(c.hash, specHash(c.spec));
+        assert.deepEqual(schemaErrors(c.spec), []);
+      }
+      assert.equal(new Set(cells.map((c) => c.hash)).size, 6);
+      // The same with the matrix keys written the other way round, and on a copy of the spec.
+      const swapped = loadPipelineText(
+        'version: 1\nname: sweep\nteachers: {count: 2}\nmatrix:\n  finetune.kdWeight: [0, 0.5]\n  teachers.count: [2, 4, 8]\n',
+        'swapped.yaml',
+      );
+      assert.deepEqual(expandMatrix(swapped.spec).map((c) => c.hash), cells.map((c) => c.hash));
+      assert.deepEqual(expandMatrix(structuredClone(spec)).map((c) => c.hash), cells.map((c) => c.hash));
+    });
+
+    it('gives one cell for a spec without a matrix', () => {
+      const { spec, hash } = loadPipelineFile(path.join(GOOD, 'minimal.yaml'));
+      const cells = expandMatrix(spec);
+      assert.equal(cells.length, 1);
+      assert.deepEqual(cells[0]!.cell, {});
+      assert.deepEqual(cells[0]!.spec, spec);
+      assert.equal(cells[0]!.hash, hash);
+    });
+
+    it('keeps derived defaults of the file (a seed sweep keeps the split)', () => {
+      const { spec } = loadPipelineText('version: 1\nname: seeds\nseed: 3\nmatrix: {seed: [1, 2]}\n', 'seeds.yaml');
+      assert.deepEqual(expandMatrix(spec).map((c) => [c.spec.seed, c.spec.data.splitSeed]), [[1, 3], [2, 3]]);
+    });
+
+    it('rejects a bad path of a spec built in code, without a file position', () => {
+      const spec = structuredClone(loadPipelineFile(path.join(GOOD, 'minimal.yaml')).spec);
+      spec.matrix = { 'teachers.cuont': [1, 2] };
+      assert.deepEqual(lines(specError(() => expandMatrix(spec))), [
+        "<pipeline minimal>:1:1: /matrix/teachers.cuont: unknown field 'teachers.cuont', did you mean 'teachers.count'?",
+      ]);
+    });
+  });
+
+  describe('invalid files', () => {
+    const EXPECTED: Record<string, string[]> = {
+      'alias-bomb.yaml': [
+        'alias-bomb.yaml:5:8: /d/0/0: more than 100 alias expansions: aliases are limited to guard against exponential expansion ("billion laughs")',
+      ],
+      'comments-only.yaml': ["comments-only.yaml:1:1: /: the file is empty: a pipeline needs at least 'version: 1' and 'name'"],
+      'complex-key.yaml': ['complex-key.yaml:3:3: /: mapping keys must be plain strings'],
+      'cross-field.yaml': [
+        "cross-field.yaml:4:14: /architecture/inputSize: must be 784 (28 × 28 pixels) for data.source 'mnist-embedded' (got 100)",
+        "cross-field.yaml:6:11: /generate/method: 'weightformer' needs weightformer.mode 'train' or 'reuse' (got 'none')",
+      ],
+      'data-budget.yaml': [
+        'data-budget.yaml:5:1: /data: the data split needs 11200 digits but the embedded MNIST has 10000: (12 teachers + 0 zoo) × 600 shardSize + 1000 consolidationSize + 1000 validationSize + 2000 testSize',
+      ],
+      'deep-block.yaml': ['deep-block.yaml:5:133: /: nesting is deeper than 64 levels'],
+      'deep-flow.yaml': ['deep-flow.yaml:3:73: /: nesting is deeper than 64 levels'],
+      'deep-indent.yaml': [
+        `deep-indent.yaml:67:129: /matrix/${Array.from({ length: 63 }, (_, i) => `k${i}`).join('/')}: nesting is deeper than 64 levels`,
+      ],
+      'duplicate-key.yaml': ["duplicate-key.yaml:5:3: /teachers/count: duplicate key 'count'"],
+      'empty.yaml': ["empty.yaml:1:1: /: the file is empty: a pipeline needs at least 'version: 1' and 'name'"],
+      'long-string.yaml': ['long-string.yaml:2:7: /name: string is too long: 2000 characters (at most 1024)'],
+      'matrix-bad-cell.yaml': [
+        'matrix-bad-cell.yaml:4:31: /matrix/finetune.kdWeight/2: must be ≤ 1 (got 2)',
+        'matrix-bad-cell.yaml:5:23: /matrix/teachers.count/1: in the matrix cell {teachers.count: 16}: /data: the data split needs 12000 digits but the embedded MNIST has 10000: (16 teachers + 0 zoo) × 500 shardSize + 1000 consolidationSize + 1000 validationSize + 2000 testSize',
+      ],
+      'matrix-bad-keys.yaml': [
+        "matrix-bad-keys.yaml:4:3: /matrix/name: the matrix cannot vary 'name'",
+        "matrix-bad-keys.yaml:5:3: /matrix/teachers count: matrix key 'teachers count' must be a dotted path of field names, e.g. teachers.count",
+        'matrix-bad-keys.yaml:6:3: /matrix/seed: must have at least 1 item (got 0)',
+        'matrix-bad-keys.yaml:7:18: /matrix/zoo.count/1: 1 is listed more than once',
+      ],
+      'matrix-bad-path.yaml': [
+        "matrix-bad-path.yaml:4:3: /matrix/teachers.cuont: unknown field 'teachers.cuont', did you mean 'teachers.count'?",
+      ],
+      'matrix-too-many-cells.yaml': [
+        'matrix-too-many-cells.yaml:3:1: /matrix: the matrix has 320 cells (5 × 8 × 8); at most 256 are allowed',
+      ],
+      'merge-key.yaml': ["merge-key.yaml:7:5: /teachers/train/<<: YAML merge keys ('<<') are not supported: write the keys out"],
+      'missing-required.yaml': [
+        "missing-required.yaml:2:1: /: missing required key 'name'",
+        "missing-required.yaml:2:1: /: missing required key 'version'",
+      ],
+      'multi-document.yaml': [
+        'multi-document.yaml:3:1: /: a pipeline file must hold exactly one YAML document (another one starts here)',
+      ],
+      'non-finite.yaml': ['non-finite.yaml:4:17: /finetune/learningRate: must be a finite number (got .inf)'],
+      'non-utf8.yaml': ['non-utf8.yaml:3:6: /: the file is not valid UTF-8 (byte 0xe9)'],
+      'nul-byte.yaml': ['nul-byte.yaml:2:10: /: NUL character (U+0000) is not allowed in a pipeline file'],
+      'root-list.yaml': ['root-list.yaml:1:1: /: the document must be a mapping of pipeline settings (got a list)'],
+      'root-scalar.yaml': [
+        "root-scalar.yaml:1:1: /: the document must be a mapping of pipeline settings (got 'just a string')",
+      ],
+      'schema-errors.yaml': [
+        'schema-errors.yaml:2:10: /version: must be 1 (got 2)',
+        "schema-errors.yaml:3:7: /name: must be 1 to 63 lowercase letters, digits, '-' or '_', starting with a letter or digit (got 'Not A Valid Name')",
+        'schema-errors.yaml:4:7: /seed: must be ≥ 0 (got -1)',
+        'schema-errors.yaml:6:10: /teachers/count: must be ≥ 1 (got 0)',
+        'schema-errors.yaml:8:13: /teachers/train/epochs: must be ≤ 1000 (got 1001)',
+        'schema-errors.yaml:9:19: /teachers/train/learningRate: must be > 0 (got 0)',
+        'schema-errors.yaml:11:3: /architecture/hidden: must have at most 8 items (got 9)',
+        'schema-errors.yaml:11:16: /architecture/hidden/1: must be ≥ 1 (got 0)',
+        'schema-errors.yaml:13:13: /finetune/kdWeight: must be ≤ 1 (got 1.5)',
+        'schema-errors.yaml:14:16: /finetune/temperature: must be > 0 (got 0)',
+        "schema-errors.yaml:15:12: /finetune/enabled: must be true or false (got 'yes')",
+        "schema-errors.yaml:17:12: /compute/backend: must be one of: auto, webgpu, wasm, cpu, tensorflow (got 'gpu', did you mean 'cpu'?)",
+        "schema-errors.yaml:19:33: /baselines/include/2: 'teachers' is listed more than once",
+        "schema-errors.yaml:22:23: /stages/default/heartbeatTimeout: must be a duration such as 500ms, 30s, 10m or 2h (got '30 seconds')",
+        'schema-errors.yaml:25:24: /stages/teachers/retry/maximumAttempts: must be ≥ 1 (got 0)',
+        'schema-errors.yaml:26:1: /tracking: must be a mapping (got null)',
+      ],
+      'self-alias.yaml': ["self-alias.yaml:4:13: /matrix/seed/1: alias '*m' refers to a collection that contains it"],
+      'syntax-indent.yaml': ['syntax-indent.yaml:5:1: /: invalid YAML: all mapping items must start at the same column'],
+      'syntax-unclosed-flow.yaml': [
+        'syntax-unclosed-flow.yaml:4:1: /: invalid YAML: flow map in block collection must be sufficiently indented and end with a }',
+      ],
+      'tab-indent.yaml': ['tab-indent.yaml:4:1: /: invalid YAML: tabs are not allowed as indentation'],
+      'tag-custom.yaml': [
+        "tag-custom.yaml:4:15: /tracking/experiment: tag '!secret' is not allowed: a pipeline file holds plain values only",
+        "tag-custom.yaml:5:18: /tracking/registerModel: tag '!!binary' is not allowed: a pipeline file holds plain values only",
+      ],
+      'tag-js-function.yaml': [
+        "tag-js-function.yaml:4:10: /teachers/count: tag '!!js/function' is not allowed: a pipeline file holds plain values only",
+      ],
+      'unknown-alias.yaml': [
+        "unknown-alias.yaml:4:10: /teachers/count: unknown alias '*missing': the anchor '&missing' must be defined before it",
+      ],
+      'unknown-keys.yaml': [
+        "unknown-keys.yaml:4:3: /teachers/cuont: unknown key 'cuont', did you mean 'count'?",
+        "unknown-keys.yaml:6:5: /teachers/train/learning_rate: unknown key 'learning_rate', did you mean 'learningRate'?",
+        "unknown-keys.yaml:9:3: /compute/foo: unknown key 'foo'; expected one of: backend",
+        "unknown-keys.yaml:10:1: /Finetune: unknown key 'Finetune', did you mean 'finetune'?",
+      ],
+      'yaml11-bool.yaml': ["yaml11-bool.yaml:6:12: /finetune/enabled: must be true or false (got 'yes')"],
+    };
+
+    it('has an expectation for every bad fixture', () => {
+      assert.deepEqual(yamlFiles(BAD).map((f) => path.basename(f)), Object.keys(EXPECTED).sort());
+    });
+
+    for (const [name, expected] of Object.entries(EXPECTED)) {
+      it(`rejects ${name}`, () => {
+        const file = path.join(BAD, name);
+        const err = specError(() => loadPipelineFile(file));
+        assert.deepEqual(lines(err), expected);
+        for (const d of err.diagnostics) assert.equal(d.file, file);
+        assert.equal(err.message, err.diagnostics.map(formatDiagnostic).join('\n'));
+        assert.equal(err.name, 'SpecError');
+      });
+    }
+  });
+
+  describe('hostile input', () => {
+    let tmp: string;
+    before(() => {
+      tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'spec-test-'));
+    });
+    after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+    const big = `version: 1\nname: big\n#${'x'.repeat(1024 * 1024)}\n`;
+
+    it('refuses a file over 1 MiB before reading it', () => {
+      const file = path.join(tmp, 'big.yaml');
+      fs.writeFileSync(file, big);
+      assert.deepEqual(lines(specError(() => loadPipelineFile(file))), [
+        `big.yaml:1:1: /: file is too large: ${big.length} bytes (at most 1048576)`,
+      ]);
+    });
+
+    it('refuses text over 1 MiB', () => {
+      assert.deepEqual(lines(specError(() => loadPipelineText(big, 'big.yaml'))), [
+        `big.yaml:1:1: /: file is too large: ${big.length} bytes (at most 1048576)`,
+      ]);
+    });
+
+    it('refuses a megabyte of nested brackets or dashes at the 65th level', () => {
+      const flow = `version: 1\nname: deep\nmatrix: ${'['.repeat(500_000)}\n`;
+      assert.deepEqual(lines(specError(() => loadPipelineText(flow, 'flow.yaml'))), [
+        'flow.yaml:3:73: /: nesting is deeper than 64 levels',
+      ]);
+      const block = `version: 1\nname: deep\nmatrix:\n${'- '.repeat(500_000)}x\n`;
+      assert.deepEqual(lines(specError(() => loadPipelineText(block, 'block.yaml'))), [
+        'block.yaml:4:129: /: nesting is deeper than 64 levels',
+      ]);
+    });
+
+    it('refuses documents with more than 10000 keys and values', () => {
+      let text = 'version: 1\nname: many\n';
+      for (let i = 0; i < 6000; i++) text += `k${i}: ${i}\n`;
+      assert.deepEqual(lines(specError(() => loadPipelineText(text, 'many.yaml'))), [
+        'many.yaml:5001:1: /: the document is too large: more than 10000 keys and values',
+      ]);
+    });
+
+    it('refuses control characters and unpaired surrogates in text', () => {
+      assert.deepEqual(lines(specError(() => loadPipelineText('version: 1\nname: a\u0007b\n', 'c.yaml'))), [
+        'c.yaml:2:8: /: control character U+0007 is not allowed in a pipeline file',
+      ]);
+      assert.deepEqual(lines(specError(() => loadPipelineText('version: 1\nname: "\ud800"\n', 's.yaml'))), [
+        's.yaml:2:8: /: unpaired surrogate U+D800 is not allowed in a pipeline file',
+      ]);
+    });
+
+    it('refuses __proto__ and other unknown keys without touching prototypes', () => {
+      const err = specError(() => loadPipelineText('version: 1\nname: p\n__proto__: {polluted: true}\n', 'p.yaml'));
+      assert.deepEqual(lines(err), [
+        "p.yaml:3:1: /__proto__: unknown key '__proto__'; expected one of: version, name, seed, data, architecture, teachers, zoo, weightformer, generate, finetune, baselines, evaluate, tracking, compute, stages, matrix",
+      ]);
+      assert.equal(({} as Record<string, unknown>)['polluted'], undefined);
+    });
+
+    it('reports a missing or unreadable file as a positioned error', () => {
+      assert.deepEqual(lines(specError(() => loadPipelineFile(path.join(tmp, 'nope.yaml')))), ['nope.yaml:1:1: /: no such file']);
+      assert.deepEqual(lines(specError(() => loadPipelineFile(tmp))), [`${path.basename(tmp)}:1:1: /: not a regular file`]);
+    });
+
+    it('accepts a UTF-8 byte order mark and CRLF line ends', () => {
+      const { spec } = loadPipelineText('\ufeffversion: 1\r\nname: crlf\r\nseed: 2\r\n', 'crlf.yaml');
+      assert.equal(spec.seed, 2);
+      assert.deepEqual(lines(specError(() => loadPipelineText('\ufeffversion: 1\r\nname: crlf\r\nseed: x\r\n', 'crlf.yaml'))), [
+        "crlf.yaml:3:7: /seed: must be an integer (got 'x')",
+      ]);
+    });
+  });
+
+  describe('validateFiles', () => {
+    it('prints ok lines for valid files and diagnostics for the others', () => {
+      const minimal = path.join(GOOD, 'minimal.yaml');
+      const matrix = path.join(GOOD, 'matrix.yaml');
+      const dup = path.join(BAD, 'duplicate-key.yaml');
+      const missing = path.join(BAD, 'missing-required.yaml');
+      const res = validateFiles([minimal, dup, matrix, missing]);
+      assert.equal(res.ok, false);
+      assert.deepEqual(res.output.split('\n'), [
+        `${minimal}: ok (hash ${loadPipelineFile(minimal).hash.slice(0, 12)}…)`,
+        `${dup}:5:3: /teachers/count: duplicate key 'count'`,
+        `${matrix}: ok (hash ${loadPipelineFile(matrix).hash.slice(0, 12)}…, 6 matrix cells)`,
+        `${missing}:2:1: /: missing required key 'name'`,
+        `${missing}:2:1: /: missing required key 'version'`,
+      ]);
+      assert.equal(validateFiles([minimal, matrix]).ok, true);
+    });
+  });
+
+  describe('did-you-mean', () => {
+    it('suggests only close matches', () => {
+      const keys = ['count', 'source', 'train'];
+      assert.equal(suggest('cuont', keys), 'count');
+      assert.equal(suggest('Count', keys), 'count');
+      assert.equal(suggest('trian', keys), 'train');
+      assert.equal(suggest('foo', keys), undefined);
+      assert.equal(suggest('x', ['a', 'zoo']), undefined);
+      assert.equal(suggest('batch_size', ['batchSize', 'epochs']), 'batchSize');
+    });
+  });
+});

@@ -1,0 +1,2 @@
+// The worker's workflowsPath: everything exported here is a workflow, a query or a signal.
+export { pipeline, progressQuery, cancelSignal } from './pipeline';

@@ -1,0 +1,101 @@
+// Types shared by the workflow, the activities and the client. Type-only: the workflow sandbox imports
+// nothing at runtime from outside workflows/.
+import type { PipelineSpec, StageName } from '../src/spec/types';
+
+export type { PipelineSpec, StageName };
+
+/** A stored artifact, `sha256:<hex>`. */
+export type Ref = string;
+
+export interface TrackingHandle {
+  experimentId: string;
+  /** The pipeline's parent MLflow run. */
+  runId: string;
+}
+
+export interface MatrixCell {
+  /** The dotted-path values this cell sets, e.g. `{ seed: 2 }`. */
+  cell: Record<string, unknown>;
+  spec: PipelineSpec;
+  hash: string;
+}
+
+export interface PipelineInput {
+  spec: PipelineSpec;
+  specHash: string;
+  /** Pipeline file the spec came from (for the record only). */
+  file?: string;
+  noCache: boolean;
+  /** Sweep cells, expanded by the client; when present each runs as a child workflow. */
+  cells?: MatrixCell[];
+  /** Results of cells finished before a continue-as-new. */
+  completedCells?: CellResult[];
+  /** MLflow run a sweep cell nests under. */
+  parentRunId?: string;
+  parentExperimentId?: string;
+}
+
+export interface StageInput {
+  spec: PipelineSpec;
+  specHash: string;
+  noCache: boolean;
+  tracking: TrackingHandle | null;
+  workflowId: string;
+  /** References produced by earlier stages. */
+  inputs: Record<string, Ref | Ref[]>;
+}
+
+export interface StageOutput {
+  outputs: Record<string, Ref | Ref[]>;
+  metrics: Record<string, number>;
+  cacheHit: boolean;
+  seconds: number;
+}
+
+export type StageState = 'pending' | 'running' | 'completed' | 'cached' | 'skipped' | 'failed' | 'cancelled';
+
+export interface StageStatus {
+  state: StageState;
+  cacheHit?: boolean;
+  seconds?: number;
+  /** Why a stage was skipped or failed. */
+  note?: string;
+}
+
+export interface PipelineProgress {
+  name: string;
+  /** The stage running now (or the last one to run). */
+  stage: StageName | null;
+  state: 'running' | 'completed' | 'failed' | 'cancelled';
+  stages: Partial<Record<StageName, StageStatus>>;
+  cells?: { total: number; completed: number };
+}
+
+export interface CellResult {
+  cell: Record<string, unknown>;
+  workflowId: string;
+  mlflowRunId: string | null;
+  metrics: Record<string, number>;
+}
+
+export interface PipelineResult {
+  status: 'completed';
+  workflowId: string;
+  mlflowRunId: string | null;
+  metrics: Record<string, number>;
+  stages: Partial<Record<StageName, StageStatus>>;
+  /** Artifact references of the outputs (student, report). */
+  artifacts: Record<string, Ref | Ref[]>;
+  cells?: CellResult[];
+}
+
+/** Heartbeat details of a long stage: read by the CLI through describe(), never stored in history. */
+export interface StageHeartbeat {
+  phase: string;
+  step: number;
+  totalSteps: number;
+  loss?: number;
+  etaSeconds?: number;
+  /** What a retried attempt resumes from (references into the store). */
+  checkpoint?: unknown;
+}
