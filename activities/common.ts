@@ -72,10 +72,10 @@ export async function trackedStage(
     await deps.tracker.logStage(input.tracking, input.workflowId, stage, {
       metrics: out.metrics,
       curves: out.curves ?? {},
-      tags: { 'weightformer.cache_hit': String(out.cacheHit) },
+      tags: { 'weightformer.cache_hit': String(out.cacheHit), ...out.tags },
     });
   }
-  return { outputs: out.outputs, metrics: out.metrics, cacheHit: out.cacheHit, seconds };
+  return { outputs: out.outputs, metrics: out.metrics, tags: out.tags ?? {}, cacheHit: out.cacheHit, seconds };
 }
 
 /**

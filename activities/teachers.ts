@@ -8,6 +8,7 @@ export function trainTeachersActivity(deps: ActivityDeps) {
     const { spec } = input;
     return trackedStage(deps, 'teachers', input, async () => {
       const teachers: string[] = [];
+      const results: TeacherJobResult[] = [];
       const metrics: Record<string, number> = {};
       const curves: Record<string, Array<{ step: number; value: number }>> = {};
       let allCached = true;
@@ -33,10 +34,13 @@ export function trainTeachersActivity(deps: ActivityDeps) {
           await storeCached(deps, input, key, result);
         }
         teachers.push(result.params);
+        results.push(result);
         metrics[`acc_val.teacher_${index}`] = result.valAccuracy;
         curves[`teacher_${index}.loss`] = result.curve.map((p) => ({ step: p.step, value: p.loss }));
       }
-      return { outputs: { teachers }, metrics, curves, cacheHit: allCached };
+      // The backend `auto` resolved to on this worker, logged with the run (cached results keep theirs).
+      const backends = [...new Set(results.map((r) => r.backend))].join(',');
+      return { outputs: { teachers }, metrics, curves, tags: { 'weightformer.backend': backends }, cacheHit: allCached };
     });
   };
 }

@@ -9,6 +9,8 @@ const TAG_KIND = 'weightformer.kind';
 const TAG_STAGE = 'weightformer.stage';
 const TAG_LOGGED = 'weightformer.logged';
 
+export type FinishInput = StageInput & { status: 'FINISHED' | 'FAILED' | 'KILLED'; metrics: Record<string, number>; tags: Record<string, string> };
+
 export interface StageLog {
   metrics: Record<string, number>;
   curves: Record<string, Array<{ step: number; value: number }>>;
@@ -90,7 +92,7 @@ export class StageTracker {
   }
 
   async finishPipelineRun(
-    input: StageInput & { status: 'FINISHED' | 'FAILED' | 'KILLED'; metrics: Record<string, number> },
+    input: FinishInput,
   ): Promise<{ modelVersion: string | null }> {
     const handle = input.tracking!;
     const timestamp = Date.now();
@@ -98,7 +100,10 @@ export class StageTracker {
     const existing = await this.client.getRun(handle.runId);
     const logged = new Set((existing.data.metrics ?? []).map((m) => m.key));
     // Final metrics are logged once: a retried finish must not add a second point to any of them.
-    await this.client.logBatch(handle.runId, { metrics: metrics.filter((m) => !logged.has(m.key)) });
+    await this.client.logBatch(handle.runId, {
+      metrics: metrics.filter((m) => !logged.has(m.key)),
+      tags: Object.entries(input.tags).map(([key, value]) => ({ key, value })),
+    });
     await this.client.logArtifact(handle.runId, 'result.json', JSON.stringify({ metrics: input.metrics, artifacts: input.inputs }, null, 2));
     let modelVersion: string | null = null;
     const student = (input.inputs.studentFinetuned ?? input.inputs.student) as string | undefined;
@@ -136,7 +141,7 @@ export function trackingActivities(deps: ActivityDeps) {
     }): Promise<TrackingHandle> {
       return requireTracker().startPipelineRun(args);
     },
-    async finishTracking(input: StageInput & { status: 'FINISHED' | 'FAILED' | 'KILLED'; metrics: Record<string, number> }): Promise<StageOutput> {
+    async finishTracking(input: FinishInput): Promise<StageOutput> {
       const started = Date.now();
       const { modelVersion } = await requireTracker().finishPipelineRun(input);
       return {

@@ -12,7 +12,7 @@ import type { PipelineInput, PipelineResult } from '../workflows/types';
 
 // Long enough that the kill lands mid-teacher; fast heartbeat timeout so the retry starts quickly.
 const SPEC = tinySpec(
-  `teachers: {count: 2, train: {epochs: 6, batchSize: 10, checkpointEvery: 10}}
+  `teachers: {count: 2, train: {epochs: 100, batchSize: 10, checkpointEvery: 100}}
 stages: {default: {heartbeatTimeout: '4s', retry: {initialInterval: '500ms'}}}`,
   'test-sigkill',
 );
@@ -56,7 +56,10 @@ describe('SIGKILL of the worker process mid-stage', function () {
     const second = startCli(['worker', '--queue', 'cpu'], workerEnv);
     try {
       const result = (await handle.result()) as PipelineResult;
-      assert.deepEqual(result.metrics, reference.metrics);
+      // Every number but wall-clock times must be identical.
+      const withoutTimes = (m: Record<string, number>) => Object.fromEntries(Object.entries(m).filter(([k]) => !k.startsWith('seconds.')));
+      assert.deepEqual(withoutTimes(result.metrics), withoutTimes(reference.metrics));
+      assert.ok(Object.keys(withoutTimes(result.metrics)).length >= 10);
       assert.deepEqual(result.artifacts.teachers, reference.artifacts.teachers);
       // The teachers stage really was retried (attempt 2) rather than run once.
       const history = await handle.fetchHistory();

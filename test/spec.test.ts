@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { applyDefaults, type PipelineInput } from '../src/spec/defaults';
+import { applyDefaults, type RawPipeline } from '../src/spec/defaults';
 import { canonicalJson, specHash } from '../src/spec/hash';
 import { expandMatrix, loadPipelineFile, loadPipelineText, validateFiles } from '../src/spec/load';
 import { suggest } from '../src/spec/messages';
@@ -189,7 +189,7 @@ describe('pipeline spec', () => {
     it('is idempotent', () => {
       for (const file of yamlFiles(GOOD)) {
         const { spec } = loadPipelineFile(file);
-        assert.deepEqual(applyDefaults(spec as unknown as PipelineInput), spec, file);
+        assert.deepEqual(applyDefaults(spec as unknown as RawPipeline), spec, file);
       }
     });
   });
@@ -286,8 +286,8 @@ describe('pipeline spec', () => {
       'data-budget.yaml': [
         'data-budget.yaml:5:1: /data: the data split needs 11200 digits but the embedded MNIST has 10000: (12 teachers + 0 zoo) × 600 shardSize + 1000 consolidationSize + 1000 validationSize + 2000 testSize',
       ],
-      'deep-block.yaml': ['deep-block.yaml:5:133: /: nesting is deeper than 64 levels'],
-      'deep-flow.yaml': ['deep-flow.yaml:3:73: /: nesting is deeper than 64 levels'],
+      'deep-block.yaml': [`deep-block.yaml:5:129: /matrix/seed${'/0'.repeat(62)}: nesting is deeper than 64 levels`],
+      'deep-flow.yaml': [`deep-flow.yaml:3:72: /matrix${'/0'.repeat(63)}: nesting is deeper than 64 levels`],
       'deep-indent.yaml': [
         `deep-indent.yaml:67:129: /matrix/${Array.from({ length: 63 }, (_, i) => `k${i}`).join('/')}: nesting is deeper than 64 levels`,
       ],
@@ -407,14 +407,35 @@ describe('pipeline spec', () => {
       ]);
     });
 
-    it('refuses a megabyte of nested brackets or dashes at the 65th level', () => {
+    it('refuses a megabyte of nesting before composing it (at the 129th level, no path)', () => {
       const flow = `version: 1\nname: deep\nmatrix: ${'['.repeat(500_000)}\n`;
       assert.deepEqual(lines(specError(() => loadPipelineText(flow, 'flow.yaml'))), [
-        'flow.yaml:3:73: /: nesting is deeper than 64 levels',
+        'flow.yaml:3:137: /: nesting is deeper than 64 levels',
       ]);
       const block = `version: 1\nname: deep\nmatrix:\n${'- '.repeat(500_000)}x\n`;
       assert.deepEqual(lines(specError(() => loadPipelineText(block, 'block.yaml'))), [
-        'block.yaml:4:129: /: nesting is deeper than 64 levels',
+        'block.yaml:4:257: /: nesting is deeper than 64 levels',
+      ]);
+      let indented = 'version: 1\nname: deep\nmatrix:\n';
+      for (let i = 1; i <= 1400; i++) indented += `${' '.repeat(i)}k:\n`;
+      assert.deepEqual(lines(specError(() => loadPipelineText(indented, 'indent.yaml'))), [
+        'indent.yaml:131:129: /: nesting is deeper than 64 levels',
+      ]);
+    });
+
+    it('refuses more than 100000 tokens before composing them', () => {
+      const docs = `version: 1\nname: docs\n${'---\n'.repeat(60_000)}`;
+      assert.deepEqual(lines(specError(() => loadPipelineText(docs, 'docs.yaml'))), [
+        'docs.yaml:49996:1: /: the document is too large: more than 100000 YAML tokens',
+      ]);
+    });
+
+    it('reports at most 20 YAML errors, then how many more there were', () => {
+      const err = specError(() => loadPipelineText(`version: 1\nname: tabs\n${'x:\n\ty: 1\n'.repeat(30)}`, 'many.yaml'));
+      assert.equal(err.diagnostics.length, 21);
+      assert.deepEqual(lines(err).slice(-2), [
+        'many.yaml:42:1: /: invalid YAML: tabs are not allowed as indentation',
+        'many.yaml:44:1: /: 10 more YAML errors not shown',
       ]);
     });
 

@@ -73,6 +73,7 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
   let handle: TrackingHandle | null = null;
   const artifacts: Record<string, Ref | Ref[]> = {};
   const metrics: Record<string, number> = {};
+  const tags: Record<string, string> = {};
 
   const runStage = async (stage: StageName, call: (input: StageInput) => Promise<StageOutput>): Promise<StageOutput> => {
     progress.stage = stage;
@@ -83,6 +84,7 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
       );
       Object.assign(artifacts, out.outputs);
       Object.assign(metrics, out.metrics);
+      Object.assign(tags, out.tags ?? {});
       progress.stages[stage] = { state: out.cacheHit ? 'cached' : 'completed', cacheHit: out.cacheHit, seconds: out.seconds };
       return out;
     } catch (err) {
@@ -115,10 +117,10 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
     else skip('finetune', 'finetune.enabled is false');
     await runStage('baselines', (i) => stageActivities('baselines').computeBaselines(i));
     await runStage('evaluate', (i) => stageActivities('evaluate').evaluatePipeline(i));
-    if (handle) await runStage('track', (i) => tracking.finishTracking({ ...i, status: 'FINISHED', metrics: { ...metrics } }));
+    if (handle) await runStage('track', (i) => tracking.finishTracking({ ...i, status: 'FINISHED', metrics: { ...metrics }, tags: { ...tags } }));
     else skip('track', 'tracking.enabled is false');
     progress.state = 'completed';
-    return { status: 'completed', workflowId, mlflowRunId: handle?.runId ?? null, metrics, stages: progress.stages, artifacts };
+    return { status: 'completed', workflowId, mlflowRunId: handle?.runId ?? null, mlflowExperimentId: handle?.experimentId ?? null, metrics, tags, stages: progress.stages, artifacts };
   } catch (err) {
     progress.state = isCancellation(err) ? 'cancelled' : 'failed';
     if (handle) {
@@ -135,6 +137,7 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
             inputs: artifacts,
             status: isCancellation(err) ? 'KILLED' : 'FAILED',
             metrics,
+            tags,
           })
           .catch(() => undefined),
       );
@@ -175,7 +178,7 @@ async function sweep(input: PipelineInput): Promise<PipelineResult> {
     }
   }
   progress.state = 'completed';
-  return { status: 'completed', workflowId, mlflowRunId: null, metrics: {}, stages: {}, artifacts: {}, cells: completed };
+  return { status: 'completed', workflowId, mlflowRunId: null, mlflowExperimentId: null, metrics: {}, tags: {}, stages: {}, artifacts: {}, cells: completed };
 }
 
 function failureMessage(err: unknown): string {

@@ -48,6 +48,8 @@ export interface StageInput {
 export interface StageOutput {
   outputs: Record<string, Ref | Ref[]>;
   metrics: Record<string, number>;
+  /** Facts about how the stage ran, e.g. `weightformer.backend`; logged as run tags. */
+  tags?: Record<string, string>;
   cacheHit: boolean;
   seconds: number;
 }
@@ -82,7 +84,9 @@ export interface PipelineResult {
   status: 'completed';
   workflowId: string;
   mlflowRunId: string | null;
+  mlflowExperimentId: string | null;
   metrics: Record<string, number>;
+  tags: Record<string, string>;
   stages: Partial<Record<StageName, StageStatus>>;
   /** Artifact references of the outputs (student, report). */
   artifacts: Record<string, Ref | Ref[]>;

@@ -4,6 +4,7 @@ import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
 import { loadPipelineFile, expandMatrix, validateFiles } from '../spec/load';
 import { SpecError } from '../util/errors';
 import { startEmbeddedStack, type EmbeddedStack } from '../stack/embedded';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { createPipelineWorker, type TaskQueue } from '../worker/worker';
 import { followPipeline, readLiveStatus } from './follow';
 import { renderResultTable } from './table';
@@ -85,11 +86,11 @@ async function runCommand(file: string, opts: RunOptions): Promise<number> {
     }
     const links = {
       temporal: stack ? `${stack.temporalUiUrl}/namespaces/default/workflows/${workflowId}` : null,
-      mlflow: mlflowUrl && result.mlflowRunId ? `${mlflowUrl}/#/runs/${result.mlflowRunId}` : null,
+      mlflow: mlflowUrl && result.mlflowRunId ? `${mlflowUrl}/#/experiments/${result.mlflowExperimentId}/runs/${result.mlflowRunId}` : null,
     };
     if (opts.json) {
       process.stdout.write(
-        `${JSON.stringify({ status: result.status, workflowId, mlflowRunId: result.mlflowRunId, metrics: result.metrics, report: result.artifacts.report ?? undefined, cells: result.cells })}\n`,
+        `${JSON.stringify({ status: result.status, workflowId, mlflowRunId: result.mlflowRunId, backend: result.tags['weightformer.backend'], metrics: result.metrics, report: result.artifacts.report ?? undefined, cells: result.cells })}\n`,
       );
     } else {
       process.stdout.write(`${renderResultTable(result)}\n`);
@@ -158,6 +159,8 @@ function requireAddress(): string {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // The SDK's INFO lines (worker state changes) would drown the progress display.
+  Runtime.install({ logger: new DefaultLogger((process.env.WEIGHTFORMER_LOG_LEVEL as 'WARN' | undefined) ?? 'WARN') });
   const program = new Command('weightformer')
     .description('Consolidate an ensemble into one student model from a declarative pipeline file')
     .showHelpAfterError();

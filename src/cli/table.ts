@@ -31,6 +31,7 @@ export function renderResultTable(result: PipelineResult): string {
   for (const key of ['gain_captured.zero_shot', 'gain_captured.finetuned']) if (m[key] !== undefined) lines.push(`${key.padEnd(width)} ${fmt(m[key])}`);
   for (const key of Object.keys(m).filter((k) => k.startsWith('seconds.')).sort()) lines.push(`${key.padEnd(width)} ${fmt(m[key])} s`);
   lines.push('');
+  if (result.tags['weightformer.backend']) lines.push(`backend: ${result.tags['weightformer.backend']}`);
   lines.push('stages: ' + Object.entries(result.stages).map(([name, s]) => `${name}=${s.state}`).join(' '));
   return lines.join('\n');
 }

@@ -18,7 +18,7 @@ import { STAGE_NAMES, type PipelineSpec, type StageName, type StageOptions } fro
 type DeepPartial<T> = T extends Array<unknown> ? T : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> } : T;
 
 /** A pipeline as written in a file: only `version` and `name` are required. */
-export type PipelineInput = DeepPartial<Omit<PipelineSpec, 'version' | 'name' | 'stages'>> & {
+export type RawPipeline = DeepPartial<Omit<PipelineSpec, 'version' | 'name' | 'stages'>> & {
   version: 1;
   name: string;
   stages?: Partial<Record<StageName | 'default', DeepPartial<StageOptions>>>;
@@ -76,7 +76,7 @@ function fill(
 }
 
 /** Returns the fully defaulted spec of a schema-valid pipeline (see the module comment for the rules). */
-export function applyDefaults(input: PipelineInput): PipelineSpec {
+export function applyDefaults(input: RawPipeline): PipelineSpec {
   const raw = input as unknown as Record<string, unknown>;
   const seedDefault = deref(PIPELINE_SCHEMA.properties!['seed']!).default;
   const codeDefaults = new Map<string, unknown>([

@@ -1,22 +1,9 @@
-/** Identity of a spec: sha256 of its canonical JSON. */
-import { createHash } from 'node:crypto';
+/** Identity of a spec: sha256 of its canonical JSON (the same canonical form as every cache key). */
+import { canonicalJson, contentHash } from '../util/canonical';
 
-/** JSON with the keys of every object sorted (code-unit order), no whitespace; arrays keep their order. */
-export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value !== 'object') {
-    const s = JSON.stringify(value);
-    if (s === undefined) throw new TypeError(`canonicalJson: cannot encode ${typeof value}`);
-    return s;
-  }
-  if (Array.isArray(value)) return `[${value.map((v) => canonicalJson(v === undefined ? null : v)).join(',')}]`;
-  const entries = Object.keys(value)
-    .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
-    .sort()
-    .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`);
-  return `{${entries.join(',')}}`;
-}
+export { canonicalJson };
 
 /** sha256 hex of the canonical JSON of `value`. */
 export function specHash(value: unknown): string {
-  return createHash('sha256').update(canonicalJson(value), 'utf8').digest('hex');
+  return contentHash(value);
 }

@@ -9,7 +9,7 @@
  */
 import * as fs from 'node:fs';
 import { InputError, SpecError, formatDiagnostic, type SpecDiagnostic } from '../util/errors.js';
-import { applyDefaults, type PipelineInput } from './defaults.js';
+import { applyDefaults, type RawPipeline } from './defaults.js';
 import { specHash } from './hash.js';
 import { expandMatrixWith, involvesMatrix, registerLocator, type Locate } from './matrix.js';
 import { problemFromAjv, type Problem } from './messages.js';
@@ -87,7 +87,7 @@ export function loadPipelineText(text: string, file: string): LoadedSpec {
   const problems = schemaErrors(value).map(problemFromAjv).filter((p): p is Problem => p !== undefined);
   if (problems.length > 0) throw new SpecError(sortDiagnostics(problems.map(locate)));
 
-  const spec = applyDefaults(value as unknown as PipelineInput);
+  const spec = applyDefaults(value as unknown as RawPipeline);
   // Cross-field problems that involve a field the matrix varies are left to the per-cell checks.
   const semantic = semanticProblems(spec).filter((p) => !involvesMatrix(p, spec.matrix));
   if (semantic.length > 0) throw new SpecError(sortDiagnostics(semantic.map(locate)));

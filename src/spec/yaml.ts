@@ -5,14 +5,15 @@
  * Guards, in order (each fails fast, with a position, instead of hanging or crashing):
  *   - size: more than 1 MiB is refused before parsing (at 1:1);
  *   - characters: NUL, other control characters and unpaired surrogates are refused (YAML forbids them);
- *   - nesting: flow collections (`[[[[`) and compact block collections (`- - - -`) nested deeper than 64 are
- *     refused from the lexer's token stream, before the (recursive) composer sees them;
- *   - syntax errors, duplicate keys, several documents, unknown directives: the positioned errors of `yaml`;
+ *   - volume and nesting, from the lexer's flat token stream before the (recursive, quadratic-in-places)
+ *     composer sees them: more than 10000 keys and values or 100000 tokens, and nesting (flow `[[[[`,
+ *     compact `- - - -`, or indentation) so deep that it is certainly beyond 128 levels;
+ *   - syntax errors, several documents, unknown directives: the positioned errors of `yaml` (20 at most);
  *   - tags (`!!js/function`, `!!binary`, `!foo`, …): refused; only plain YAML values are accepted;
  *   - aliases: at most 100 expansions in all ("billion laughs"), no unknown or self-containing aliases;
- *   - merge keys (`<<`), non-string keys, strings over 1024 characters, non-finite numbers (`.inf`, `.nan`),
- *     nesting deeper than 64 (also through aliases) and documents of more than 10000 keys and values (counted
- *     by the lexer, and again after alias expansion): refused.
+ *   - duplicate keys, merge keys (`<<`), non-string keys, strings over 1024 characters, non-finite numbers
+ *     (`.inf`, `.nan`), nesting deeper than 64 (with the path of the offending node, also through aliases)
+ *     and more than 10000 values once aliases are expanded: refused by the walk over the composed document.
  *
  * The schema is YAML 1.2 core (`yes`/`no` stay strings), whatever `%YAML` directive the file has.
  */
@@ -28,6 +29,11 @@ export const MAX_DEPTH = 64;
 export const MAX_ALIAS_EXPANSIONS = 100;
 export const MAX_STRING_LENGTH = 1024;
 export const MAX_VALUES = 10_000;
+export const MAX_TOKENS = 100_000;
+/** Depth at which the token pre-scan refuses a file before composing it (see `prescan`). */
+const PRESCAN_DEPTH = 2 * MAX_DEPTH;
+/** Syntax errors reported per file; the rest are summed up in one last diagnostic. */
+const MAX_SYNTAX_ERRORS = 20;
 
 export interface Position {
   line: number;
@@ -121,50 +127,80 @@ function checkCharacters(text: string, file: string): void {
 }
 
 /**
- * Refuses nesting deeper than MAX_DEPTH that the composer would have to recurse through: flow collections,
- * and block collections started on one line (`- - - x`). Reads the lexer's flat token stream, so it is
- * linear and never recursive. (Nesting by indentation costs a line per level; the 1 MiB cap bounds it, and
- * the walk below checks its depth exactly.)
+ * Refuses, from the lexer's flat token stream (linear, never recursive), what would make the recursive
+ * composer slow or overflow the stack:
+ *   - more than MAX_VALUES scalars (keys and values) or MAX_TOKENS tokens;
+ *   - nesting deeper than PRESCAN_DEPTH, counted three ways, each a lower bound of the real depth: flow
+ *     collections (`[[[[`), block collections opened on one line (`- - - x`), and increasing indentation.
+ * PRESCAN_DEPTH is twice MAX_DEPTH so that moderately deep files reach the walk below, which reports the
+ * exact depth with the path of the offending node.
  */
-function checkNesting(text: string, file: string): void {
+function prescan(text: string, file: string): void {
+  const tooDeep = (offset: number): never => fail(file, text, offset, `nesting is deeper than ${MAX_DEPTH} levels`);
   let offset = 0;
+  let tokens = 0;
+  let scalars = 0;
   let flow = 0;
   let lineIndicators = 0;
   let nextIsScalar = false;
-  let scalars = 0;
+  let atLineStart = true;
+  let indent = 0;
+  const indents: number[] = [];
   for (const token of new Lexer().lex(text)) {
-    // Control tokens of the lexer are not part of the source.
-    if (token === '\x02' || token === '\x18') continue;
+    if (token === '\x02' || token === '\x18') continue; // lexer control tokens, not part of the source
+    const start = offset;
+    if (token !== '\x1f') offset += token.length; // the scalar marker is not part of the source either
+    if (++tokens > MAX_TOKENS) fail(file, text, start, `the document is too large: more than ${MAX_TOKENS} YAML tokens`);
+    const isSpace = token[0] === ' ' || token[0] === '\t';
+    const isBreak = token === '' || token === '\n' || token === '\r\n';
+    if (atLineStart && flow === 0 && !isBreak) {
+      if (isSpace) {
+        indent = token.length - token.replace(/^ +/, '').length;
+        continue;
+      }
+      if (token === '---' || token === '...') {
+        indents.length = 0;
+      } else if (token[0] !== '#') {
+        // A content line: its indentation closes the deeper blocks above and opens one level.
+        while (indents.length > 0 && indents[indents.length - 1]! >= indent) indents.pop();
+        indents.push(indent);
+        if (indents.length > PRESCAN_DEPTH) tooDeep(start);
+      }
+      atLineStart = false;
+      indent = 0;
+      lineIndicators = 0;
+    }
     if (token === '\x1f') {
       nextIsScalar = true;
       continue;
     }
-    const start = offset;
-    offset += token.length;
+    if (nextIsScalar || token[0] === '"' || token[0] === "'") {
+      if (++scalars > MAX_VALUES) fail(file, text, start, `the document is too large: more than ${MAX_VALUES} keys and values`);
+    }
     if (nextIsScalar) {
       nextIsScalar = false;
-      if (++scalars > MAX_VALUES) fail(file, text, start, `the document is too large: more than ${MAX_VALUES} keys and values`);
-      if (token.includes('\n')) lineIndicators = 0;
-      continue;
+    } else {
+      switch (token) {
+        case '[':
+        case '{':
+          if (++flow > PRESCAN_DEPTH) tooDeep(start);
+          break;
+        case ']':
+        case '}':
+          if (flow > 0) flow--;
+          break;
+        case '-':
+        case '?':
+        case ':':
+          if (flow === 0 && ++lineIndicators > PRESCAN_DEPTH) tooDeep(start);
+          break;
+        default:
+      }
     }
-    switch (token) {
-      case '[':
-      case '{':
-        if (++flow > MAX_DEPTH) fail(file, text, start, `nesting is deeper than ${MAX_DEPTH} levels`);
-        break;
-      case ']':
-      case '}':
-        if (flow > 0) flow--;
-        break;
-      case '-':
-      case '?':
-      case ':':
-        if (flow === 0 && ++lineIndicators > MAX_DEPTH) {
-          fail(file, text, start, `nesting is deeper than ${MAX_DEPTH} levels`);
-        }
-        break;
-      default:
-        if (token.includes('\n')) lineIndicators = 0;
+    if (isBreak || token.endsWith('\n')) {
+      atLineStart = true;
+      indent = 0;
+      lineIndicators = 0;
     }
   }
 }
@@ -193,7 +229,8 @@ function pointerAtOffset(root: Node | null | undefined, offset: number): string 
     let next: unknown;
     if (isMap(node)) {
       for (const pair of node.items as Pair[]) {
-        const seg = isScalar(pair.key) ? escapePointer(String(pair.key.value)) : '?';
+        const name = isScalar(pair.key) ? String(pair.key.value) : '?';
+        const seg = escapePointer(name.length > 64 ? `${name.slice(0, 64)}…` : name);
         // A pair spans from its key to the end of its value (a tag before the value is outside both).
         const start = (pair.key as Node | null)?.range?.[0];
         const end = (pair.value as Node | null)?.range?.[2] ?? (pair.key as Node | null)?.range?.[2];
@@ -236,7 +273,7 @@ export function parseYaml(textIn: string, file: string): ParsedYaml {
   }
   const text = textIn.startsWith('\ufeff') ? textIn.slice(1) : textIn;
   checkCharacters(text, file);
-  checkNesting(text, file);
+  prescan(text, file);
 
   const lines = new LineCounter();
   const doc = parseDocument(text, {
@@ -250,7 +287,8 @@ export function parseYaml(textIn: string, file: string): ParsedYaml {
     const { line, col } = lines.linePos(offset);
     diags.push({ file, line, col, path, message });
   };
-  for (const err of [...doc.errors, ...doc.warnings]) {
+  const yamlProblems = [...doc.errors, ...doc.warnings].sort((x, y) => x.pos[0] - y.pos[0]);
+  for (const err of yamlProblems.slice(0, MAX_SYNTAX_ERRORS)) {
     const offset = err.pos[0];
     const path = pointerAtOffset(doc.contents, offset);
     if (err.code === 'DUPLICATE_KEY') {
@@ -267,6 +305,10 @@ export function parseYaml(textIn: string, file: string): ParsedYaml {
     } else {
       at(offset, path, `invalid YAML: ${lowerFirst(err.message)}`);
     }
+  }
+  if (yamlProblems.length > MAX_SYNTAX_ERRORS) {
+    const more = yamlProblems.length - MAX_SYNTAX_ERRORS;
+    at(yamlProblems[MAX_SYNTAX_ERRORS]!.pos[0], '/', `${more} more YAML error${more === 1 ? '' : 's'} not shown`);
   }
   if (doc.errors.length > 0) throw new SpecError(sortDiagnostics(diags));
 
