@@ -8,12 +8,17 @@ import { tinySpec } from './helpers/specs';
 import { startCli } from './helpers/cli';
 import { createPipelineWorker } from '../src/worker/worker';
 import { readLiveStatus } from '../src/cli/follow';
-import type { PipelineInput, PipelineResult } from '../workflows/types';
+import type { PipelineInput, PipelineResult, StageHeartbeat } from '../workflows/types';
+import { taskQueueName } from '../workflows/queues';
+import type { ChildProcess } from 'node:child_process';
+
+const PREFIX = 'sigkill-test';
+const QUEUE = taskQueueName('cpu', PREFIX);
 
 // Long enough that the kill lands mid-teacher; fast heartbeat timeout so the retry starts quickly.
 const SPEC = tinySpec(
-  `teachers: {count: 2, train: {epochs: 100, batchSize: 10, checkpointEvery: 100}}
-stages: {default: {heartbeatTimeout: '4s', retry: {initialInterval: '500ms'}}}`,
+  `teachers: {count: 2, train: {epochs: 250, batchSize: 10, checkpointEvery: 200}}
+stages: {default: {heartbeatTimeout: '2s', retry: {initialInterval: '500ms'}}}`,
   'test-sigkill',
 );
 
@@ -26,35 +31,40 @@ describe('SIGKILL of the worker process mid-stage', function () {
   });
 
   it('finishes from the last checkpoint on a new worker, with the metrics of an uninterrupted run', async () => {
-    const input: PipelineInput = { spec: SPEC.spec, specHash: SPEC.hash, noCache: true };
+    const input: PipelineInput = { spec: SPEC.spec, specHash: SPEC.hash, noCache: true, queuePrefix: PREFIX };
 
     // Uninterrupted reference, in-process, own store.
     const refStore = await fs.mkdtemp(path.join(os.tmpdir(), 'sigkill-ref-'));
-    const refWorker = await createPipelineWorker({ temporalAddress: env.address, connection: env.nativeConnection, taskQueue: 'cpu', storeRoot: refStore, mlflowUrl: null });
+    const refWorker = await createPipelineWorker({ temporalAddress: env.address, connection: env.nativeConnection, taskQueue: 'cpu', queuePrefix: PREFIX, storeRoot: refStore, mlflowUrl: null });
     const reference = (await refWorker.runUntil(
-      env.client.workflow.execute('pipeline', { taskQueue: 'cpu', workflowId: `sigkill-ref-${Date.now()}`, args: [input] }),
+      env.client.workflow.execute('pipeline', { taskQueue: QUEUE, workflowId: `sigkill-ref-${Date.now()}`, args: [input] }),
     )) as PipelineResult;
 
     // The real thing: a worker process, killed with SIGKILL while it trains the second teacher.
     const store = await fs.mkdtemp(path.join(os.tmpdir(), 'sigkill-store-'));
-    const workerEnv = { TEMPORAL_ADDRESS: env.address, WEIGHTFORMER_STORE: store, MLFLOW_TRACKING_URI: '' };
-    const first = startCli(['worker', '--queue', 'cpu'], workerEnv);
-    const workflowId = `sigkill-${Date.now()}`;
-    const handle = await env.client.workflow.start('pipeline', { taskQueue: 'cpu', workflowId, args: [input] });
-    let killedAt: { phase: string; step: number; checkpoint: unknown } | undefined;
-    for (let i = 0; i < 600 && !killedAt; i++) {
-      const live = await readLiveStatus(handle);
-      const hb = live.heartbeat;
-      if (hb?.phase === 'teacher 2/2' && hb.checkpoint && (hb.checkpoint as { teacher: number }).teacher === 1) {
-        first.kill('SIGKILL');
-        killedAt = { phase: hb.phase, step: hb.step, checkpoint: hb.checkpoint };
-      } else await new Promise((r) => setTimeout(r, 200));
-    }
-    assert.ok(killedAt, `never saw a checkpoint of teacher 2; worker output:\n${first.output()}`);
-    await new Promise((r) => first.once('exit', r));
-
-    const second = startCli(['worker', '--queue', 'cpu'], workerEnv);
+    const workerEnv = { TEMPORAL_ADDRESS: env.address, WEIGHTFORMER_STORE: store, MLFLOW_TRACKING_URI: '', WEIGHTFORMER_QUEUE_PREFIX: PREFIX };
+    const workers: ChildProcess[] = [];
     try {
+      const first = startCli(['worker', '--queue', 'cpu'], workerEnv);
+      workers.push(first);
+      const workflowId = `sigkill-${Date.now()}`;
+      const handle = await env.client.workflow.start('pipeline', { taskQueue: QUEUE, workflowId, args: [input] });
+      let killedAt: StageHeartbeat | undefined;
+      let lastSeen: StageHeartbeat | null = null;
+      while (!killedAt) {
+        const live = await readLiveStatus(handle);
+        lastSeen = live.heartbeat ?? lastSeen;
+        const checkpoint = live.heartbeat?.checkpoint as { teacher?: number } | undefined;
+        if (checkpoint?.teacher === 1) {
+          first.kill('SIGKILL');
+          killedAt = live.heartbeat!;
+        } else if (live.progress && live.progress.state !== 'running') {
+          assert.fail(`pipeline ended (${live.progress.state}) before a checkpoint of teacher 2 was seen; last heartbeat ${JSON.stringify(lastSeen)}; worker output:\n${first.output()}`);
+        } else await new Promise((r) => setTimeout(r, 100));
+      }
+      await new Promise((r) => first.once('exit', r));
+
+      workers.push(startCli(['worker', '--queue', 'cpu'], workerEnv));
       const result = (await handle.result()) as PipelineResult;
       // Every number but wall-clock times must be identical.
       const withoutTimes = (m: Record<string, number>) => Object.fromEntries(Object.entries(m).filter(([k]) => !k.startsWith('seconds.')));
@@ -66,8 +76,13 @@ describe('SIGKILL of the worker process mid-stage', function () {
       const attempts = history.events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt);
       assert.ok(attempts.some((a) => a! >= 2), `attempts: ${attempts}`);
     } finally {
-      second.kill('SIGTERM');
-      await new Promise((r) => second.once('exit', r));
+      // Never leave a worker polling the shared server, whatever happened above.
+      for (const w of workers) {
+        if (w.exitCode === null && w.signalCode === null) {
+          w.kill('SIGKILL');
+          await new Promise((r) => w.once('exit', r));
+        }
+      }
     }
   });
 });

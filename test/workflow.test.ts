@@ -8,6 +8,7 @@ import { Worker } from '@temporalio/worker';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { sharedTemporal } from './helpers/temporal';
 import { tinySpec } from './helpers/specs';
+import { expandMatrix } from '../src/spec/load';
 import { createPipelineWorker, workflowBundle } from '../src/worker/worker';
 import { createActivities } from '../activities';
 import { ArtifactStore } from '../src/store/store';
@@ -16,11 +17,15 @@ import { MLFLOW_NON_RETRYABLE_ERROR_TYPES } from '../src/tracking/errors';
 import { NON_RETRYABLE } from '../workflows/pipeline';
 import { readLiveStatus } from '../src/cli/follow';
 import type { PipelineInput, PipelineResult } from '../workflows/types';
+import { taskQueueName } from '../workflows/queues';
 import type { LoadedSpec } from '../src/spec/types';
 
 let counter = 0;
+// Own task queues: other suites' workers on the shared dev server never take these tasks.
+const PREFIX = 'workflow-test';
+const QUEUE = taskQueueName('cpu', PREFIX);
 function input(loaded: LoadedSpec, noCache = false): PipelineInput {
-  return { spec: loaded.spec, specHash: loaded.hash, noCache };
+  return { spec: loaded.spec, specHash: loaded.hash, noCache, queuePrefix: PREFIX };
 }
 function workflowId(prefix: string): string {
   return `${prefix}-${process.pid}-${Date.now()}-${counter++}`;
@@ -41,6 +46,7 @@ describe('pipeline workflow on a real Temporal dev server', function () {
       temporalAddress: env.address,
       connection: env.nativeConnection,
       taskQueue: 'cpu',
+      queuePrefix: PREFIX,
       storeRoot,
       mlflowUrl: null,
     });
@@ -54,7 +60,7 @@ describe('pipeline workflow on a real Temporal dev server', function () {
   it('runs every stage, reports progress, and returns metrics and references (then a cache hit)', async () => {
     const loaded = tinySpec();
     const first = await withCpuWorker(async () => {
-      const handle = await env.client.workflow.start('pipeline', { taskQueue: 'cpu', workflowId: workflowId('full'), args: [input(loaded, true)] });
+      const handle = await env.client.workflow.start('pipeline', { taskQueue: QUEUE, workflowId: workflowId('full'), args: [input(loaded, true)] });
       const result = (await handle.result()) as PipelineResult;
       const live = await readLiveStatus(handle);
       assert.equal(live.progress?.state, 'completed');
@@ -74,7 +80,7 @@ describe('pipeline workflow on a real Temporal dev server', function () {
     }
     // Same spec again: every stage is served from the store and the numbers are identical.
     const second = await withCpuWorker(async () =>
-      (await env.client.workflow.execute('pipeline', { taskQueue: 'cpu', workflowId: workflowId('cached'), args: [input(loaded)] })) as PipelineResult,
+      (await env.client.workflow.execute('pipeline', { taskQueue: QUEUE, workflowId: workflowId('cached'), args: [input(loaded)] })) as PipelineResult,
     );
     for (const stage of ['teachers', 'generate', 'finetune', 'baselines', 'evaluate'] as const) {
       assert.equal(second.stages[stage]?.state, 'cached', stage);
@@ -87,7 +93,7 @@ describe('pipeline workflow on a real Temporal dev server', function () {
     const store = new ArtifactStore(storeRoot);
     const worker = await Worker.create({
       connection: env.nativeConnection,
-      taskQueue: 'cpu',
+      taskQueue: QUEUE,
       workflowBundle: await workflowBundle(),
       activities: { ...createActivities({ store, tracker: null }), trainTeachers },
     });
@@ -102,7 +108,7 @@ describe('pipeline workflow on a real Temporal dev server', function () {
         attempts++;
         throw new InputError('teacher file is truncated');
       },
-      () => env.client.workflow.execute('pipeline', { taskQueue: 'cpu', workflowId: workflowId('nonretry'), args: [input(loaded)] }).then(() => assert.fail('expected failure'), (e: unknown) => e),
+      () => env.client.workflow.execute('pipeline', { taskQueue: QUEUE, workflowId: workflowId('nonretry'), args: [input(loaded)] }).then(() => assert.fail('expected failure'), (e: unknown) => e),
     );
     assert.equal(attempts, 1);
     assert.ok(err instanceof WorkflowFailedError);
@@ -121,7 +127,7 @@ describe('pipeline workflow on a real Temporal dev server', function () {
         attempts++;
         throw new Error('transient');
       },
-      () => env.client.workflow.execute('pipeline', { taskQueue: 'cpu', workflowId: workflowId('retry'), args: [input(loaded)] }).then(() => assert.fail('expected failure'), (e: unknown) => e),
+      () => env.client.workflow.execute('pipeline', { taskQueue: QUEUE, workflowId: workflowId('retry'), args: [input(loaded)] }).then(() => assert.fail('expected failure'), (e: unknown) => e),
     );
     assert.equal(attempts, 3);
     assert.ok(err instanceof WorkflowFailedError);
@@ -131,7 +137,7 @@ describe('pipeline workflow on a real Temporal dev server', function () {
     const loaded = tinySpec("stages: {teachers: {resources: {gpu: true}, scheduleToStartTimeout: '2s'}}", 'test-no-gpu');
     await withCpuWorker(async () => {
       const err = await env.client.workflow
-        .execute('pipeline', { taskQueue: 'cpu', workflowId: workflowId('s2s'), args: [input(loaded)] })
+        .execute('pipeline', { taskQueue: QUEUE, workflowId: workflowId('s2s'), args: [input(loaded)] })
         .then(() => assert.fail('expected failure'), (e: unknown) => e);
       assert.ok(err instanceof WorkflowFailedError);
       assert.ok(err.cause instanceof ActivityFailure);
@@ -143,7 +149,7 @@ describe('pipeline workflow on a real Temporal dev server', function () {
   it('cancels the running stage on the cancel signal', async () => {
     const loaded = tinySpec('teachers: {count: 3, train: {epochs: 200, batchSize: 10, checkpointEvery: 50}}', 'test-cancel');
     await withCpuWorker(async () => {
-      const handle = await env.client.workflow.start('pipeline', { taskQueue: 'cpu', workflowId: workflowId('cancel'), args: [input(loaded, true)] });
+      const handle = await env.client.workflow.start('pipeline', { taskQueue: QUEUE, workflowId: workflowId('cancel'), args: [input(loaded, true)] });
       // Wait until the teachers stage is heartbeating progress, then cancel.
       for (let i = 0; i < 120; i++) {
         const live = await readLiveStatus(handle);
@@ -157,5 +163,29 @@ describe('pipeline workflow on a real Temporal dev server', function () {
       assert.equal(live.progress?.stages.teachers?.state, 'cancelled');
       assert.equal(live.progress?.state, 'cancelled');
     });
+  });
+});
+
+describe('sweeps (matrix) on a real Temporal dev server', function () {
+  this.timeout(240_000);
+
+  it('runs each matrix cell as a child workflow and collects their metrics', async () => {
+    const env = await sharedTemporal();
+    const storeRoot = await fs.mkdtemp(path.join(os.tmpdir(), 'sweep-store-'));
+    const loaded = tinySpec('matrix: {seed: [1, 2]}\nteachers: {count: 2, train: {epochs: 1, batchSize: 50}}', 'test-sweep');
+    const cells = expandMatrix(loaded.spec);
+    assert.equal(cells.length, 2);
+    const worker = await createPipelineWorker({ temporalAddress: env.address, connection: env.nativeConnection, taskQueue: 'cpu', queuePrefix: PREFIX, storeRoot, mlflowUrl: null });
+    const id = `sweep-${Date.now()}`;
+    const result = (await worker.runUntil(
+      env.client.workflow.execute('pipeline', { taskQueue: QUEUE, workflowId: id, args: [{ spec: loaded.spec, specHash: loaded.hash, noCache: false, cells, queuePrefix: PREFIX }] }),
+    )) as PipelineResult;
+    assert.equal(result.cells?.length, 2);
+    assert.deepEqual(result.cells!.map((c) => c.cell), [{ seed: 1 }, { seed: 2 }]);
+    assert.deepEqual(result.cells!.map((c) => c.workflowId), [`${id}-cell-0`, `${id}-cell-1`]);
+    // Different seeds train different teachers.
+    assert.notEqual(result.cells![0]!.metrics['acc.teacher_0'], result.cells![1]!.metrics['acc.teacher_0']);
+    const child = await env.client.workflow.getHandle(`${id}-cell-1`).describe();
+    assert.equal(child.status.name, 'COMPLETED');
   });
 });

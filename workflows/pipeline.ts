@@ -13,6 +13,7 @@ import {
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { StageOptions } from '../src/spec/types';
+import { taskQueueName } from './queues';
 import type {
   CellResult,
   PipelineInput,
@@ -34,9 +35,9 @@ export const cancelSignal = defineSignal<[reason?: string]>('cancel');
 export const NON_RETRYABLE = ['InputError', 'SpecError', 'AccessError', 'MlflowRequestError'];
 
 /** Activity options of one stage, from its `stages.<name>` block of the spec. */
-export function stageActivityOptions(options: StageOptions): ActivityOptions {
+export function stageActivityOptions(options: StageOptions, queuePrefix?: string): ActivityOptions {
   return {
-    taskQueue: options.resources.gpu ? 'gpu' : 'cpu',
+    taskQueue: taskQueueName(options.resources.gpu ? 'gpu' : 'cpu', queuePrefix),
     startToCloseTimeout: options.startToCloseTimeout as ActivityOptions['startToCloseTimeout'],
     heartbeatTimeout: options.heartbeatTimeout as ActivityOptions['heartbeatTimeout'],
     // A stage whose queue no worker serves fails after this instead of waiting forever.
@@ -67,8 +68,8 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
   setHandler(cancelSignal, () => stagesScope.cancel());
 
   // Tracking calls are short network I/O: always on the cpu queue, with the `track` stage's policy.
-  const tracking = proxyActivities<Activities>(stageActivityOptions({ ...spec.stages.track, resources: { gpu: false } }));
-  const stageActivities = (stage: StageName) => proxyActivities<Activities>(stageActivityOptions(spec.stages[stage]));
+  const tracking = proxyActivities<Activities>(stageActivityOptions({ ...spec.stages.track, resources: { gpu: false } }, input.queuePrefix));
+  const stageActivities = (stage: StageName) => proxyActivities<Activities>(stageActivityOptions(spec.stages[stage], input.queuePrefix));
 
   let handle: TrackingHandle | null = null;
   const artifacts: Record<string, Ref | Ref[]> = {};
@@ -168,7 +169,7 @@ async function sweep(input: PipelineInput): Promise<PipelineResult> {
     const result = await scope.run(() =>
       executeChild(pipeline, {
         workflowId: childId,
-        args: [{ spec: cell.spec, specHash: cell.hash, file: input.file, noCache: input.noCache }],
+        args: [{ spec: cell.spec, specHash: cell.hash, file: input.file, noCache: input.noCache, queuePrefix: input.queuePrefix }],
       }),
     );
     completed.push({ cell: cell.cell, workflowId: childId, mlflowRunId: result.mlflowRunId, metrics: result.metrics });

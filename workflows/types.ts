@@ -26,6 +26,8 @@ export interface PipelineInput {
   /** Pipeline file the spec came from (for the record only). */
   file?: string;
   noCache: boolean;
+  /** Task queues are `<prefix>-cpu` / `<prefix>-gpu` when set (see queues.ts), else `cpu` / `gpu`. */
+  queuePrefix?: string;
   /** Sweep cells, expanded by the client; when present each runs as a child workflow. */
   cells?: MatrixCell[];
   /** Results of cells finished before a continue-as-new. */

@@ -9,6 +9,7 @@ import { createPipelineWorker, type TaskQueue } from '../worker/worker';
 import { followPipeline, readLiveStatus } from './follow';
 import { renderResultTable } from './table';
 import { cancelSignal } from '../../workflows/pipeline';
+import { taskQueueName } from '../../workflows/queues';
 import type { PipelineInput, PipelineResult } from '../../workflows/types';
 
 /** Where local state (Temporal DB, MLflow store, artifacts) lives unless told otherwise. */
@@ -17,6 +18,11 @@ function stateDir(opt?: string): string {
 }
 function storeRoot(state: string): string {
   return path.resolve(process.env.WEIGHTFORMER_STORE ?? path.join(state, 'store'));
+}
+
+/** WEIGHTFORMER_QUEUE_PREFIX separates deployments sharing one namespace (empty: plain `cpu`/`gpu`). */
+function queuePrefix(): string | undefined {
+  return process.env.WEIGHTFORMER_QUEUE_PREFIX || undefined;
 }
 
 async function connectClient(address: string): Promise<Client> {
@@ -60,17 +66,29 @@ async function runCommand(file: string, opts: RunOptions): Promise<number> {
     const client = await connectClient(address);
     let workerRun: Promise<void> | null = null;
     if (stack) {
-      const worker = await createPipelineWorker({ temporalAddress: address, taskQueue: 'cpu', storeRoot: storeRoot(state), mlflowUrl });
+      const worker = await createPipelineWorker({ temporalAddress: address, taskQueue: 'cpu', queuePrefix: queuePrefix(), storeRoot: storeRoot(state), mlflowUrl });
       workerRun = worker.run();
       stopAll.unshift(async () => {
         worker.shutdown();
         await workerRun;
       });
     }
-    const workflowId = `${loaded.spec.name}-${loaded.hash.slice(0, 12)}-${Date.now().toString(36)}`;
-    const input: PipelineInput = { spec: loaded.spec, specHash: loaded.hash, file: path.resolve(file), noCache: !opts.cache, cells };
-    const handle = await client.workflow.start('pipeline', { taskQueue: 'cpu', workflowId, args: [input] });
-    log(`started workflow ${workflowId}${stack ? ` (Temporal UI ${stack.temporalUiUrl}/namespaces/default/workflows/${workflowId})` : ''}`);
+    // One workflow id per spec: running the same file again while its pipeline is still running (say,
+    // after this command was killed) attaches to that run, which resumes where it was, instead of
+    // starting a second one. A finished pipeline's id may be reused by a new run.
+    const workflowId = `${loaded.spec.name}-${loaded.hash.slice(0, 12)}`;
+    const input: PipelineInput = { spec: loaded.spec, specHash: loaded.hash, file: path.resolve(file), noCache: !opts.cache, cells, queuePrefix: queuePrefix() };
+    const startedAt = Date.now();
+    const handle = await client.workflow.start('pipeline', {
+      taskQueue: taskQueueName('cpu', queuePrefix()),
+      workflowId,
+      args: [input],
+      workflowIdConflictPolicy: 'USE_EXISTING',
+      workflowIdReusePolicy: 'ALLOW_DUPLICATE',
+    });
+    const startTime = (await handle.describe()).startTime.getTime();
+    const attached = startTime < startedAt - 1000;
+    log(`${attached ? 'attached to the running' : 'started'} workflow ${workflowId}${stack ? ` (Temporal UI ${stack.temporalUiUrl}/namespaces/default/workflows/${workflowId})` : ''}`);
     if (external && !opts.wait) {
       if (opts.json) process.stdout.write(`${JSON.stringify({ status: 'started', workflowId })}\n`);
       return 0;
@@ -111,10 +129,11 @@ async function workerCommand(opts: { queue: TaskQueue; stateDir?: string }): Pro
   const worker = await createPipelineWorker({
     temporalAddress: address,
     taskQueue: opts.queue,
+    queuePrefix: queuePrefix(),
     storeRoot: storeRoot(stateDir(opts.stateDir)),
     mlflowUrl: process.env.MLFLOW_TRACKING_URI || null,
   });
-  process.stderr.write(`worker polling task queue '${opts.queue}' on ${address}\n`);
+  process.stderr.write(`worker polling task queue '${taskQueueName(opts.queue, queuePrefix())}' on ${address}\n`);
   const stop = () => worker.shutdown();
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);

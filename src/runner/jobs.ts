@@ -134,10 +134,10 @@ const generateStudent: Job<{ spec: PipelineSpec; teachers: string[] }, GenerateJ
   return { student: await ctx.store.putBytes(serializeParams(student)), seconds, backend };
 };
 
-/** The ensemble's averaged softmax on a dataset: the KD target of fine-tuning. */
-async function teacherTargets(store: ArtifactStore, teachers: string[], data: Dataset): Promise<Float32Array> {
+/** The ensemble's averaged softmax at the distillation temperature: the KD target of fine-tuning. */
+async function teacherTargets(store: ArtifactStore, teachers: string[], data: Dataset, temperature: number): Promise<Float32Array> {
   const params = await Promise.all(teachers.map((t) => loadParams(store, t)));
-  return ensembleProbs(params, data);
+  return ensembleProbs(params, data, temperature);
 }
 
 const finetune: Job<{ spec: PipelineSpec; init: string; teachers: string[] }, TrainJobResult> = async ({ spec, init, teachers }, ctx) => {
@@ -157,7 +157,7 @@ const finetune: Job<{ spec: PipelineSpec; init: string; teachers: string[] }, Tr
       batchSize: ft.batchSize,
       learningRate: ft.learningRate,
       seed: deriveSeed(spec.seed, 'finetune'),
-      kd: { teacherProbs: await teacherTargets(ctx.store, teachers, split.consolidation), weight: ft.kdWeight, temperature: ft.temperature },
+      kd: { teacherProbs: await teacherTargets(ctx.store, teachers, split.consolidation, ft.temperature), weight: ft.kdWeight, temperature: ft.temperature },
     },
     ft.checkpointEvery,
     await resumeState(ctx.store, previous?.state),

@@ -4,13 +4,16 @@ import { createActivities } from '../../activities';
 import { ArtifactStore } from '../store/store';
 import { MlflowClient } from '../tracking/mlflow';
 import { StageTracker } from '../../activities/tracking';
+import { taskQueueName, type QueueKind } from '../../workflows/queues';
 
-export type TaskQueue = 'cpu' | 'gpu';
+export type TaskQueue = QueueKind;
 
 export interface WorkerOptions {
   temporalAddress: string;
   namespace?: string;
   taskQueue: TaskQueue;
+  /** Serve `<prefix>-<taskQueue>` (see workflows/queues.ts). */
+  queuePrefix?: string;
   storeRoot: string;
   /** MLflow server; null disables tracking on this worker. */
   mlflowUrl: string | null;
@@ -40,7 +43,7 @@ export async function createPipelineWorker(options: WorkerOptions): Promise<Work
   return Worker.create({
     connection,
     namespace: options.namespace ?? 'default',
-    taskQueue: options.taskQueue,
+    taskQueue: taskQueueName(options.taskQueue, options.queuePrefix),
     workflowBundle: await workflowBundle(),
     activities: createActivities({ store, tracker }),
     maxConcurrentActivityTaskExecutions: options.taskQueue === 'gpu' ? 1 : 2,
