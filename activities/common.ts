@@ -22,20 +22,22 @@ export function cacheKey(kind: string, resolvedInputs: unknown): string {
   return contentHash({ kind, inputs: resolvedInputs, code: codeVersion() });
 }
 
+/** A checkpoint as heartbeated: which unit of work it belongs to, and what that job needs to resume. */
+interface KeyedCheckpoint {
+  unit: string;
+  resume: unknown;
+}
+
 /**
  * Runs one ML job in a worker thread: heartbeats its progress (step, loss, ETA) and checkpoint reference,
- * resumes from the previous attempt's last heartbeated checkpoint when `resumeMatches` accepts it, and
- * aborts the thread when the activity is cancelled.
+ * resumes from the previous attempt's last heartbeated checkpoint when it belongs to the same unit of work
+ * (`unit`, e.g. `trainTeacher:teacher:2`), and aborts the thread when the activity is cancelled.
  */
-export async function runHeartbeatedJob<T>(
-  deps: ActivityDeps,
-  job: string,
-  input: unknown,
-  resumeMatches: (checkpoint: unknown) => boolean = () => true,
-): Promise<T> {
+export async function runHeartbeatedJob<T>(deps: ActivityDeps, job: string, input: unknown, unit: string = job): Promise<T> {
   const ctx = Context.current();
   const previous = ctx.info.heartbeatDetails as StageHeartbeat | undefined;
-  const resume = previous?.checkpoint !== undefined && resumeMatches(previous.checkpoint) ? previous.checkpoint : undefined;
+  const saved = previous?.checkpoint as KeyedCheckpoint | undefined;
+  const resume = saved?.unit === unit ? saved.resume : undefined;
   let beat: StageHeartbeat = previous ?? { phase: job, step: 0, totalSteps: 0 };
   let etaStart: { at: number; step: number } | undefined;
   return runJobInThread<T>(
@@ -50,7 +52,8 @@ export async function runHeartbeatedJob<T>(
         beat = { ...beat, ...p, etaSeconds };
         ctx.heartbeat(beat);
       },
-      onCheckpoint: (_step, checkpoint) => {
+      onCheckpoint: (_step, resumeValue) => {
+        const checkpoint: KeyedCheckpoint = { unit, resume: resumeValue };
         beat = { ...beat, checkpoint };
         ctx.heartbeat(beat);
       },
@@ -92,18 +95,22 @@ export async function storeCached(deps: ActivityDeps, input: StageInput, key: st
   if (input.noCache) await deps.store.putCached(cacheKey('run-scoped', { key, workflowId: input.workflowId }), value);
 }
 
-/** Runs a job unless its result is cached under the key of `keyInputs`. */
+/**
+ * Runs a job unless its result is cached under the key of `keyInputs`. `unit` names this piece of work
+ * among several of one stage, so a retried stage resumes each from its own checkpoint.
+ */
 export async function cachedJob<T>(
   deps: ActivityDeps,
   input: StageInput,
   job: string,
   jobInput: unknown,
   keyInputs: unknown,
+  unit: string = job,
 ): Promise<{ result: T; cacheHit: boolean }> {
   const key = cacheKey(job, keyInputs);
   const cached = await lookupCached<T>(deps, input, key);
   if (cached) return { result: cached, cacheHit: true };
-  const result = await runHeartbeatedJob<T>(deps, job, jobInput);
+  const result = await runHeartbeatedJob<T>(deps, job, jobInput, unit);
   await storeCached(deps, input, key, result);
   return { result, cacheHit: false };
 }

@@ -2,19 +2,25 @@ import type { StageInput, StageOutput } from '../workflows/types';
 import type { GenerateJobResult } from '../src/runner/jobs';
 import { cachedJob, trackedStage, type ActivityDeps } from './common';
 
-/** `generate` stage: teachers' parameters → student parameters (the aligned average until WeightFormer). */
+/** Generates a student from teachers in one pass: the WeightFormer, or the aligned average without one. */
+export async function generateFrom(deps: ActivityDeps, input: StageInput, teachers: string[], weightformer: string | null, unit: string) {
+  const { spec } = input;
+  return cachedJob<GenerateJobResult>(
+    deps,
+    input,
+    'generateStudent',
+    { spec, teachers, weightformer },
+    { method: spec.generate.method, architecture: spec.architecture, teachers, weightformer, backend: spec.compute.backend },
+    unit,
+  );
+}
+
+/** `generate` stage: teachers' parameters → student parameters, one forward pass. */
 export function generateStudentActivity(deps: ActivityDeps) {
   return async function generateStudent(input: StageInput): Promise<StageOutput> {
-    const { spec } = input;
     return trackedStage(deps, 'generate', input, async () => {
-      const teachers = input.inputs.teachers as string[];
-      const { result, cacheHit } = await cachedJob<GenerateJobResult>(
-        deps,
-        input,
-        'generateStudent',
-        { spec, teachers },
-        { method: spec.generate.method, architecture: spec.architecture, teachers, backend: spec.compute.backend },
-      );
+      const weightformer = input.spec.generate.method === 'weightformer' ? ((input.inputs.weightformer as string | undefined) ?? null) : null;
+      const { result, cacheHit } = await generateFrom(deps, input, input.inputs.teachers as string[], weightformer, 'generate');
       return {
         outputs: { student: result.student },
         metrics: { 'seconds.weightformer_generate': result.seconds },

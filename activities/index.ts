@@ -4,6 +4,8 @@ import { finetuneStudentActivity } from './finetune';
 import { computeBaselinesActivity } from './baselines';
 import { evaluatePipelineActivity } from './evaluate';
 import { trackingActivities } from './tracking';
+import { trainZooActivity } from './zoo';
+import { trainWeightformerActivity } from './weightformer';
 import type { ActivityDeps } from './common';
 
 export type { ActivityDeps } from './common';
@@ -12,6 +14,8 @@ export type { ActivityDeps } from './common';
 export function createActivities(deps: ActivityDeps) {
   return {
     trainTeachers: trainTeachersActivity(deps),
+    trainZoo: trainZooActivity(deps),
+    trainWeightformer: trainWeightformerActivity(deps),
     generateStudent: generateStudentActivity(deps),
     finetuneStudent: finetuneStudentActivity(deps),
     computeBaselines: computeBaselinesActivity(deps),

@@ -1,46 +1,72 @@
 import type { StageInput, StageOutput } from '../workflows/types';
-import type { TeacherJobResult } from '../src/runner/jobs';
+import type { TeacherJobResult, TeacherRole } from '../src/runner/jobs';
+import type { TrainOptions } from '../src/spec/types';
 import { cacheKey, lookupCached, runHeartbeatedJob, storeCached, trackedStage, type ActivityDeps } from './common';
 
-/** `teachers` stage: trains each teacher by seed on its own shard (cached per teacher, resumable). */
+interface TeacherSetResult {
+  refs: string[];
+  results: TeacherJobResult[];
+  allCached: boolean;
+}
+
+/**
+ * Trains `count` teachers of one role, each cached on its own (so a retry or a sweep cell reuses every
+ * teacher already trained) and each resumable from its own checkpoint.
+ */
+export async function trainTeacherSet(
+  deps: ActivityDeps,
+  input: StageInput,
+  role: TeacherRole,
+  count: number,
+  train: TrainOptions,
+): Promise<TeacherSetResult> {
+  const { spec } = input;
+  const refs: string[] = [];
+  const results: TeacherJobResult[] = [];
+  let allCached = true;
+  for (let index = 0; index < count; index++) {
+    const key = cacheKey('teacher', {
+      role,
+      index,
+      // Evaluated teachers train on disjoint shard groups; the others draw from the whole teacher pool.
+      ensembleIndex: role === 'teacher' ? spec.teachers.ensembleIndex : null,
+      groupSize: role === 'teacher' ? spec.teachers.count : null,
+      data: spec.data,
+      architecture: spec.architecture,
+      train,
+      seed: spec.seed,
+      backend: spec.compute.backend,
+    });
+    let result = await lookupCached<TeacherJobResult>(deps, input, key);
+    if (!result) {
+      allCached = false;
+      result = await runHeartbeatedJob<TeacherJobResult>(deps, 'trainTeacher', { spec, role, index }, `trainTeacher:${role}:${index}`);
+      await storeCached(deps, input, key, result);
+    }
+    refs.push(result.params);
+    results.push(result);
+  }
+  return { refs, results, allCached };
+}
+
+/** The backends the jobs resolved to (`auto` may differ per worker), for the run's tags. */
+export function backendsOf(results: Array<{ backend: string }>): string {
+  return [...new Set(results.map((r) => r.backend))].join(',');
+}
+
+/** `teachers` stage: trains each evaluated teacher by seed on its own shard. */
 export function trainTeachersActivity(deps: ActivityDeps) {
   return async function trainTeachers(input: StageInput): Promise<StageOutput> {
     const { spec } = input;
     return trackedStage(deps, 'teachers', input, async () => {
-      const teachers: string[] = [];
-      const results: TeacherJobResult[] = [];
+      const set = await trainTeacherSet(deps, input, 'teacher', spec.teachers.count, spec.teachers.train);
       const metrics: Record<string, number> = {};
       const curves: Record<string, Array<{ step: number; value: number }>> = {};
-      let allCached = true;
-      for (let index = 0; index < spec.teachers.count; index++) {
-        const key = cacheKey('teacher', {
-          data: spec.data,
-          architecture: spec.architecture,
-          train: spec.teachers.train,
-          seed: spec.seed,
-          index,
-          shards: spec.teachers.count + spec.zoo.count,
-          backend: spec.compute.backend,
-        });
-        let result = await lookupCached<TeacherJobResult>(deps, input, key);
-        if (!result) {
-          allCached = false;
-          result = await runHeartbeatedJob<TeacherJobResult>(
-            deps,
-            'trainTeacher',
-            { spec, index },
-            (checkpoint) => (checkpoint as { teacher?: number }).teacher === index,
-          );
-          await storeCached(deps, input, key, result);
-        }
-        teachers.push(result.params);
-        results.push(result);
+      set.results.forEach((result, index) => {
         metrics[`acc_val.teacher_${index}`] = result.valAccuracy;
         curves[`teacher_${index}.loss`] = result.curve.map((p) => ({ step: p.step, value: p.loss }));
-      }
-      // The backend `auto` resolved to on this worker, logged with the run (cached results keep theirs).
-      const backends = [...new Set(results.map((r) => r.backend))].join(',');
-      return { outputs: { teachers }, metrics, curves, tags: { 'weightformer.backend': backends }, cacheHit: allCached };
+      });
+      return { outputs: { teachers: set.refs }, metrics, curves, tags: { 'weightformer.backend': backendsOf(set.results) }, cacheHit: set.allCached };
     });
   };
 }

@@ -15,7 +15,7 @@ async function newStore(): Promise<ArtifactStore> {
 
 function stageInput(overrides: string): StageInput {
   const loaded = tinySpec(overrides, 'test-activity');
-  return { spec: loaded.spec, specHash: loaded.hash, noCache: true, tracking: null, workflowId: 'wf-test', inputs: {} };
+  return { spec: loaded.spec, specHash: loaded.hash, noCache: true, tracking: null, workflowId: 'wf-test', inputs: {}, metrics: {} };
 }
 
 // One teacher, enough steps for several checkpoints.
@@ -44,9 +44,9 @@ describe('stage activities (MockActivityEnvironment)', function () {
     assert.ok(lastBeat, 'heartbeats were sent');
     assert.ok(lastBeat.step > 0 && lastBeat.totalSteps > lastBeat.step);
     assert.equal(typeof lastBeat.loss, 'number');
-    const resumedFrom = lastBeat.checkpoint as { teacher: number; state: string };
-    assert.equal(resumedFrom.teacher, 0);
-    assert.match(resumedFrom.state, /^sha256:/);
+    const resumedFrom = lastBeat.checkpoint as { unit: string; resume: { state: string } };
+    assert.equal(resumedFrom.unit, 'trainTeacher:teacher:0');
+    assert.match(resumedFrom.resume.state, /^sha256:/);
 
     // Second attempt starts from the heartbeated checkpoint and must end bit-identical to the reference.
     const second = new MockActivityEnvironment({ heartbeatDetails: lastBeat, attempt: 2 });

@@ -66,6 +66,15 @@ const CASES: GradCase[] = [
   { kernel: 'Erf', label: '', inputs: (r) => [awayFromZero(r, [3, 4])], f: (a) => tf.erf(a!) },
   { kernel: 'Softmax', label: '', inputs: (r) => [awayFromZero(r, [3, 4])], f: (a) => tf.softmax(a!) },
   { kernel: 'Concat', label: 'axis 1', inputs: (r) => [awayFromZero(r, [3, 2]), awayFromZero(r, [3, 4])], f: (a, b) => tf.concat([a!, b!], 1) },
+  {
+    kernel: 'SplitV',
+    label: 'axis 1, one piece unused',
+    inputs: (r) => [awayFromZero(r, [3, 6])],
+    f: (a) => {
+      const [p, , q] = tf.split(a!, [1, 2, 3], 1);
+      return tf.concat([tf.mul(p!, 2), q!], 1);
+    },
+  },
   { kernel: 'Slice', label: '', inputs: (r) => [awayFromZero(r, [4, 5])], f: (a) => tf.slice(a!, [1, 2], [2, 3]) },
   { kernel: 'Tile', label: 'rank 2', inputs: (r) => [awayFromZero(r, [2, 3])], f: (a) => tf.tile(a!, [3, 2]) },
   { kernel: 'Tile', label: 'via broadcastTo, rank 3', inputs: (r) => [awayFromZero(r, [2, 1, 3])], f: (a) => tf.broadcastTo(a!, [2, 4, 3]) },

@@ -54,8 +54,8 @@ describe('SIGKILL of the worker process mid-stage', function () {
       while (!killedAt) {
         const live = await readLiveStatus(handle);
         lastSeen = live.heartbeat ?? lastSeen;
-        const checkpoint = live.heartbeat?.checkpoint as { teacher?: number } | undefined;
-        if (checkpoint?.teacher === 1) {
+        const checkpoint = live.heartbeat?.checkpoint as { unit?: string } | undefined;
+        if (checkpoint?.unit === 'trainTeacher:teacher:1') {
           first.kill('SIGKILL');
           killedAt = live.heartbeat!;
         } else if (live.progress && live.progress.state !== 'running') {

@@ -63,14 +63,22 @@ const MINIMAL_DEFAULTED: PipelineSpec = {
     source: 'mnist-embedded', shardSize: 500, consolidationSize: 1000, validationSize: 1000, testSize: 2000, splitSeed: 0,
   },
   architecture: { family: 'mlp', inputSize: 784, hidden: [64], outputSize: 10, activation: 'relu' },
-  teachers: { count: 4, source: 'train', train: { epochs: 3, batchSize: 64, learningRate: 0.001, checkpointEvery: 20 } },
+  teachers: { count: 4, source: 'train', ensembleIndex: 0, train: { epochs: 3, batchSize: 64, learningRate: 0.001, checkpointEvery: 20 } },
   zoo: { count: 0, train: { epochs: 3, batchSize: 64, learningRate: 0.001, checkpointEvery: 20 } },
-  weightformer: { mode: 'none' },
+  weightformer: {
+    mode: 'none', validationTeachers: 4, validationEnsembles: 3,
+    model: { d: 64, heads: 4, blocks: 2, mlpRatio: 2, mixing: true, probeTokens: false },
+    train: { steps: 300, batchSize: 128, learningRate: 0.001, tMin: 2, tMax: 6, temperature: 2, kdWeight: 0.5, checkpointEvery: 25, evalEvery: 50 },
+  },
   generate: { method: 'aligned-average' },
   finetune: {
     enabled: true, epochs: 1, batchSize: 64, learningRate: 0.0005, kdWeight: 0.5, temperature: 2, checkpointEvery: 20,
   },
-  baselines: { include: ['teachers', 'ensemble', 'avg_naive', 'avg_aligned'] },
+  baselines: {
+    include: ['teachers', 'ensemble', 'avg_naive', 'avg_aligned', 'avg_aligned_finetuned', 'kd', 'data_only', 'teacher_ablation'],
+    kd: { epochs: 30, batchSize: 32, learningRate: 0.002, kdWeight: 0.5, temperature: 2, checkpointEvery: 100 },
+    dataOnly: { batchSize: 32, learningRate: 0.002, checkpointEvery: 100 },
+  },
   evaluate: { split: 'test' },
   tracking: { enabled: true, experiment: 'minimal', registerModel: '' },
   compute: { backend: 'auto' },
@@ -284,7 +292,7 @@ describe('pipeline spec', () => {
         "cross-field.yaml:6:11: /generate/method: 'weightformer' needs weightformer.mode 'train' or 'reuse' (got 'none')",
       ],
       'data-budget.yaml': [
-        'data-budget.yaml:5:1: /data: the data split needs 11200 digits but the embedded MNIST has 10000: (12 teachers + 0 zoo) × 600 shardSize + 1000 consolidationSize + 1000 validationSize + 2000 testSize',
+        'data-budget.yaml:5:1: /data: the data split needs 11200 digits but the embedded MNIST has 10000: (ensembleIndex 0 + 1) × 12 teachers × 600 shardSize + 1000 consolidationSize + 1000 validationSize + 2000 testSize',
       ],
       'deep-block.yaml': [`deep-block.yaml:5:129: /matrix/seed${'/0'.repeat(62)}: nesting is deeper than 64 levels`],
       'deep-flow.yaml': [`deep-flow.yaml:3:72: /matrix${'/0'.repeat(63)}: nesting is deeper than 64 levels`],
@@ -296,7 +304,7 @@ describe('pipeline spec', () => {
       'long-string.yaml': ['long-string.yaml:2:7: /name: string is too long: 2000 characters (at most 1024)'],
       'matrix-bad-cell.yaml': [
         'matrix-bad-cell.yaml:4:31: /matrix/finetune.kdWeight/2: must be ≤ 1 (got 2)',
-        'matrix-bad-cell.yaml:5:23: /matrix/teachers.count/1: in the matrix cell {teachers.count: 16}: /data: the data split needs 12000 digits but the embedded MNIST has 10000: (16 teachers + 0 zoo) × 500 shardSize + 1000 consolidationSize + 1000 validationSize + 2000 testSize',
+        'matrix-bad-cell.yaml:5:23: /matrix/teachers.count/1: in the matrix cell {teachers.count: 16}: /data: the data split needs 12000 digits but the embedded MNIST has 10000: (ensembleIndex 0 + 1) × 16 teachers × 500 shardSize + 1000 consolidationSize + 1000 validationSize + 2000 testSize',
       ],
       'matrix-bad-keys.yaml': [
         "matrix-bad-keys.yaml:4:3: /matrix/name: the matrix cannot vary 'name'",

@@ -81,7 +81,7 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
     progress.stages[stage] = { state: 'running' };
     try {
       const out = await stagesScope.run(() =>
-        call({ spec, specHash: input.specHash, noCache: input.noCache, tracking: handle, workflowId, inputs: { ...artifacts } }),
+        call({ spec, specHash: input.specHash, noCache: input.noCache, tracking: handle, workflowId, inputs: { ...artifacts }, metrics: { ...metrics } }),
       );
       Object.assign(artifacts, out.outputs);
       Object.assign(metrics, out.metrics);
@@ -111,8 +111,10 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
       );
     }
     await runStage('teachers', (i) => stageActivities('teachers').trainTeachers(i));
-    if (spec.zoo.count === 0) skip('zoo', 'zoo.count is 0: no meta-training pool');
-    if (spec.weightformer.mode === 'none') skip('weightformer', 'weightformer.mode is none: the student is the aligned average');
+    if (spec.zoo.count > 0) await runStage('zoo', (i) => stageActivities('zoo').trainZoo(i));
+    else skip('zoo', 'zoo.count is 0: no meta-training pool');
+    if (spec.weightformer.mode !== 'none') await runStage('weightformer', (i) => stageActivities('weightformer').trainWeightformer(i));
+    else skip('weightformer', 'weightformer.mode is none: the student is the aligned average');
     await runStage('generate', (i) => stageActivities('generate').generateStudent(i));
     if (spec.finetune.enabled) await runStage('finetune', (i) => stageActivities('finetune').finetuneStudent(i));
     else skip('finetune', 'finetune.enabled is false');

@@ -45,6 +45,8 @@ export interface StageInput {
   workflowId: string;
   /** References produced by earlier stages. */
   inputs: Record<string, Ref | Ref[]>;
+  /** Metrics of earlier stages (e.g. the timings KD is compared with). */
+  metrics: Record<string, number>;
 }
 
 export interface StageOutput {

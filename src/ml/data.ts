@@ -19,6 +19,11 @@ export interface Dataset {
 /** The split of one pipeline. Teachers see only their shard; consolidation sees only `consolidation`. */
 export interface DatasetSplit {
   shards: Dataset[];
+  /**
+   * Every example left after test, validation and consolidation: the data teams' teachers may be trained
+   * on. The shards are disjoint prefixes of it; zoo teachers draw their own random subsets from it.
+   */
+  teacherPool: Dataset;
   consolidation: Dataset;
   validation: Dataset;
   test: Dataset;
@@ -128,9 +133,10 @@ export function splitDataset(data: Dataset, spec: DataSpec, shardCount: number):
   const test = take(spec.testSize);
   const validation = take(spec.validationSize);
   const consolidation = take(spec.consolidationSize);
+  const teacherPool = selectExamples(data, order.subarray(next));
   const shards: Dataset[] = [];
   for (let s = 0; s < shardCount; s++) shards.push(take(spec.shardSize));
-  return { shards, consolidation, validation, test };
+  return { shards, teacherPool, consolidation, validation, test };
 }
 
 /**

@@ -13,10 +13,12 @@
  *
  * Two deliberate changes: the Tile gradient is one reshape and sum for any rank (tfjs's loops over
  * slices and stops at rank 4). And tfjs's BatchMatMul gradient does not reduce over broadcast batch dimensions
- * (a 3-D × 2-D `matMul` gets a 3-D gradient for its 2-D operand). Ours sums them away.
+ * (a 3-D × 2-D `matMul` gets a 3-D gradient for its 2-D operand). Ours sums them away. And the matMul
+ * gradients transpose explicitly on wasm, where transposed-operand matMuls are 5–15× slower (`matmul.ts`).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { GradConfig, NamedAttrMap, Tensor } from '@tensorflow/tfjs-core';
+import { matMulT } from './matmul';
 
 /** `saved[i]`, asserting that tfjs saved it (noUncheckedIndexedAccess). */
 function savedAt(saved: Tensor[], i: number): Tensor {
@@ -96,17 +98,17 @@ const GRADIENTS: GradConfig[] = [
       let da: () => Tensor;
       let db: () => Tensor;
       if (!transposeA && !transposeB) {
-        da = () => tf.matMul(dy, b, false, true);
-        db = () => tf.matMul(a, dy, true, false);
+        da = () => matMulT(dy, b, false, true);
+        db = () => matMulT(a, dy, true, false);
       } else if (!transposeA && transposeB) {
-        da = () => tf.matMul(dy, b, false, false);
-        db = () => tf.matMul(dy, a, true, false);
+        da = () => matMulT(dy, b, false, false);
+        db = () => matMulT(dy, a, true, false);
       } else if (transposeA && !transposeB) {
-        da = () => tf.matMul(b, dy, false, true);
-        db = () => tf.matMul(a, dy, false, false);
+        da = () => matMulT(b, dy, false, true);
+        db = () => matMulT(a, dy, false, false);
       } else {
-        da = () => tf.matMul(b, dy, true, true);
-        db = () => tf.matMul(dy, a, true, true);
+        da = () => matMulT(b, dy, true, true);
+        db = () => matMulT(dy, a, true, true);
       }
       return { a: () => reduceToShape(da(), a.shape), b: () => reduceToShape(db(), b.shape) };
     },
@@ -196,6 +198,13 @@ const GRADIENTS: GradConfig[] = [
       });
       return ders;
     },
+  },
+  {
+    // tf.split: the pieces' gradients side by side (tfjs fills unused outputs' gradients with zeros).
+    kernelName: tf.SplitV,
+    gradFunc: (dy, _saved, attrs) => ({
+      x: () => tf.concat(Array.isArray(dy) ? dy : [dy], attrs['axis'] as number),
+    }),
   },
   {
     kernelName: tf.Slice,

@@ -11,3 +11,6 @@ export { validateParams } from './params-io';
 export * from './train';
 export * from './align';
 export { ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON } from './adam';
+export * from './early-stopping';
+export * from './tfjs-format';
+export * from './weightformer';

@@ -72,6 +72,12 @@ export interface TrainHooks {
   onCheckpoint?(state: TrainState): void | Promise<void>;
   /** Polled before every step; true stops training with a `TrainingAbortedError` carrying the state. */
   shouldAbort?(): boolean;
+  /**
+   * Called when an epoch ends, after its validation score and before that step's `onStep` / `onCheckpoint`
+   * (so a checkpoint taken at an epoch's end already reflects what this hook did). `params()` downloads the
+   * parameters as they are at the end of the epoch; call it only when needed.
+   */
+  onEpochEnd?(point: EpochPoint, params: () => Promise<MlpParams>): void | Promise<void>;
 }
 
 export interface TrainResult {
@@ -252,18 +258,21 @@ export async function trainMlp(options: TrainMlpOptions, hooks: TrainHooks = {},
     for (const t of ts) out.push(new Float32Array(await t.data()));
     return out;
   };
-  const snapshot = async (): Promise<TrainState> => {
+  const currentParams = async (): Promise<MlpParams> => {
     const p = await download(params);
+    return {
+      activation: options.arch.activation,
+      layers: options.init.layers.map((l, i) => ({ w: p[2 * i] ?? new Float32Array(), b: p[2 * i + 1] ?? new Float32Array(), inSize: l.inSize, outSize: l.outSize })),
+    };
+  };
+  const snapshot = async (): Promise<TrainState> => {
     return {
       version: 1,
       fingerprint,
       step,
       epoch,
       batchIndex,
-      params: {
-        activation: options.arch.activation,
-        layers: options.init.layers.map((l, i) => ({ w: p[2 * i] ?? new Float32Array(), b: p[2 * i + 1] ?? new Float32Array(), inSize: l.inSize, outSize: l.outSize })),
-      },
+      params: await currentParams(),
       adam: { t: step, m: await download(m), v: await download(v) },
       rngState: rngState.slice(),
       curve: curve.slice(),
@@ -328,6 +337,7 @@ export async function trainMlp(options: TrainMlpOptions, hooks: TrainHooks = {},
         epoch++;
         batchIndex = 0;
         if (epoch < epochs) order = epochPermutation(options.seed, epoch, n);
+        if (hooks.onEpochEnd) await hooks.onEpochEnd({ ...point }, currentParams);
       }
       await hooks.onStep?.({ step, totalSteps, loss, epoch: stepEpoch });
       const every = options.checkpointEvery ?? 0;

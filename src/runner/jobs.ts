@@ -3,11 +3,21 @@ import { InputError } from '../util/errors';
 import type { ArtifactStore } from '../store/store';
 import type { JobProgress } from './protocol';
 import { initBackend } from '../ml/backend';
-import { loadEmbeddedMnist, splitDataset, type Dataset } from '../ml/data';
-import { deriveSeed } from '../ml/rng';
+import { loadEmbeddedMnist, selectExamples, splitDataset, type Dataset } from '../ml/data';
+import { deriveSeed, Rng } from '../ml/rng';
 import { accuracy, ensembleAccuracy, ensembleProbs, initMlp, serializeParams, deserializeParams, type MlpParams } from '../ml/mlp';
 import { trainMlp, serializeTrainState, deserializeTrainState, type TrainState } from '../ml/train';
 import { alignedAverage, naiveAverage } from '../ml/align';
+import { trainWithEarlyStopping, serializeEarlyStoppingState, deserializeEarlyStoppingState, secondsToReach, type EpochTiming } from '../ml/early-stopping';
+import {
+  metaTrain,
+  generateStudent as generateWithWeightformer,
+  serializeWeightformer,
+  deserializeWeightformer,
+  serializeMetaTrainState,
+  deserializeMetaTrainState,
+  weightformerConfig,
+} from '../ml/weightformer';
 
 /** What a job may do besides computing: report progress, checkpoint, read what the last attempt saved. */
 export interface JobContext {
@@ -45,17 +55,32 @@ export interface EvaluateJobResult {
   backend: string;
 }
 
-interface TeacherCheckpoint {
-  teacher: number;
-  state: string;
-}
+/** Evaluated teachers, zoo teachers (meta-training pool), and held-out validation teachers. */
+export type TeacherRole = 'teacher' | 'zoo' | 'validation';
+
 interface TrainCheckpoint {
   state: string;
 }
 
-/** The data split every stage of one spec sees: identical in every job, since it depends only on the spec. */
+/**
+ * The data split every stage of one spec sees: identical in every job, since it depends only on the spec.
+ * Evaluated ensemble e uses the disjoint shard group e; test, validation and consolidation never change.
+ */
 function splitFor(spec: PipelineSpec) {
-  return splitDataset(loadEmbeddedMnist(), spec.data, spec.teachers.count + spec.zoo.count);
+  return splitDataset(loadEmbeddedMnist(), spec.data, (spec.teachers.ensembleIndex + 1) * spec.teachers.count);
+}
+
+/** The training data of one teacher: its own shard, or (zoo, validation) its own random draw from the pool. */
+function teacherData(spec: PipelineSpec, role: TeacherRole, index: number): Dataset {
+  const split = splitFor(spec);
+  if (role === 'teacher') {
+    const shard = split.shards[spec.teachers.ensembleIndex * spec.teachers.count + index];
+    if (!shard) throw new Error(`no data shard for teacher ${index}`);
+    return shard;
+  }
+  const pool = split.teacherPool;
+  const order = new Rng(deriveSeed(spec.seed, role, index, 'data')).permutation(pool.n);
+  return selectExamples(pool, order.subarray(0, spec.data.shardSize));
 }
 
 async function loadParams(store: ArtifactStore, ref: string): Promise<MlpParams> {
@@ -91,45 +116,52 @@ async function trainWithHooks(
   );
 }
 
-const trainTeacher: Job<{ spec: PipelineSpec; index: number }, TeacherJobResult> = async ({ spec, index }, ctx) => {
+const trainTeacher: Job<{ spec: PipelineSpec; role: TeacherRole; index: number }, TeacherJobResult> = async ({ spec, role, index }, ctx) => {
   const { backend } = await initBackend(spec.compute.backend);
-  const split = splitFor(spec);
-  const shard = split.shards[index];
-  if (!shard) throw new Error(`no data shard for teacher ${index}`);
-  const previous = ctx.resume as TeacherCheckpoint | undefined;
-  const resumeFrom = await resumeState(ctx.store, previous?.teacher === index ? previous.state : undefined);
+  const train = role === 'teacher' ? spec.teachers.train : spec.zoo.train;
+  const count = role === 'teacher' ? spec.teachers.count : role === 'zoo' ? spec.zoo.count : spec.weightformer.validationTeachers;
+  const previous = ctx.resume as TrainCheckpoint | undefined;
   const result = await trainWithHooks(
     ctx,
-    `teacher ${index + 1}/${spec.teachers.count}`,
+    `${role} ${index + 1}/${count}`,
     {
       arch: spec.architecture,
-      init: initMlp(spec.architecture, deriveSeed(spec.seed, 'teacher', index, 'init')),
-      train: shard,
-      epochs: spec.teachers.train.epochs,
-      batchSize: spec.teachers.train.batchSize,
-      learningRate: spec.teachers.train.learningRate,
-      seed: deriveSeed(spec.seed, 'teacher', index, 'train'),
+      init: initMlp(spec.architecture, deriveSeed(spec.seed, role, index, 'init')),
+      train: teacherData(spec, role, index),
+      epochs: train.epochs,
+      batchSize: train.batchSize,
+      learningRate: train.learningRate,
+      seed: deriveSeed(spec.seed, role, index, 'train'),
     },
-    spec.teachers.train.checkpointEvery,
-    resumeFrom,
-    (state): TeacherCheckpoint => ({ teacher: index, state }),
+    train.checkpointEvery,
+    await resumeState(ctx.store, previous?.state),
+    (state): TrainCheckpoint => ({ state }),
   );
   return {
     params: await ctx.store.putBytes(serializeParams(result.params)),
-    valAccuracy: await accuracy(result.params, split.validation),
+    valAccuracy: await accuracy(result.params, splitFor(spec).validation),
     curve: result.curve,
     backend,
   };
 };
 
-const generateStudent: Job<{ spec: PipelineSpec; teachers: string[] }, GenerateJobResult> = async ({ spec, teachers }, ctx) => {
+const generateStudent: Job<{ spec: PipelineSpec; teachers: string[]; weightformer: string | null }, GenerateJobResult> = async (
+  { spec, teachers, weightformer },
+  ctx,
+) => {
   const { backend } = await initBackend(spec.compute.backend);
   const params = await Promise.all(teachers.map((t) => loadParams(ctx.store, t)));
-  if (spec.generate.method !== 'aligned-average') {
-    throw new InputError(`generate.method '${spec.generate.method}' needs a trained WeightFormer, which this version cannot train yet`);
+  if (spec.generate.method === 'aligned-average') {
+    const started = performance.now();
+    const student = alignedAverage(params);
+    return { student: await ctx.store.putBytes(serializeParams(student)), seconds: (performance.now() - started) / 1000, backend };
   }
+  if (!weightformer) throw new InputError("generate.method 'weightformer' needs a WeightFormer (weightformer.mode train or reuse)");
+  const model = deserializeWeightformer(await ctx.store.getBytes(weightformer as `sha256:${string}`));
+  const probe = model.config.probeTokens ? splitFor(spec).consolidation : undefined;
+  // Timed: the forward pass that consolidates (alignment to the stored reference included).
   const started = performance.now();
-  const student = alignedAverage(params);
+  const student = await generateWithWeightformer(model, params, probe);
   const seconds = (performance.now() - started) / 1000;
   return { student: await ctx.store.putBytes(serializeParams(student)), seconds, backend };
 };
@@ -171,7 +203,7 @@ const finetune: Job<{ spec: PipelineSpec; init: string; teachers: string[] }, Tr
   };
 };
 
-const baselines: Job<{ spec: PipelineSpec; teachers: string[] }, BaselinesJobResult> = async ({ spec, teachers }, ctx) => {
+const weightAverages: Job<{ spec: PipelineSpec; teachers: string[] }, BaselinesJobResult> = async ({ spec, teachers }, ctx) => {
   await initBackend(spec.compute.backend);
   const params = await Promise.all(teachers.map((t) => loadParams(ctx.store, t)));
   return {
@@ -186,6 +218,11 @@ interface EvaluateModels {
   studentFinetuned: string | null;
   avgNaive: string;
   avgAligned: string;
+  avgAlignedFinetuned: string | null;
+  kd: string | null;
+  kdEpochCurve: string | null;
+  dataOnly: string | null;
+  ablationStudent: string | null;
 }
 
 /** Gain captured = (model − mean single teacher) / (ensemble − mean single teacher). */
@@ -193,9 +230,16 @@ export function ensembleGainCaptured(model: number, teacherMean: number, ensembl
   return (model - teacherMean) / (ensemble - teacherMean);
 }
 
-const evaluate: Job<{ spec: PipelineSpec; models: EvaluateModels }, EvaluateJobResult> = async ({ spec, models }, ctx) => {
+/** KD's wall-time budget is capped at this multiple of what consolidation took (generate + fine-tune). */
+export const KD_TO_MATCH_CAP_FACTOR = 20;
+
+const evaluate: Job<{ spec: PipelineSpec; models: EvaluateModels; consolidationSeconds: number | null }, EvaluateJobResult> = async (
+  { spec, models, consolidationSeconds },
+  ctx,
+) => {
   const { backend } = await initBackend(spec.compute.backend);
-  const test = splitFor(spec).test;
+  const split = splitFor(spec);
+  const test = split.test;
   const teachers = await Promise.all(models.teachers.map((t) => loadParams(ctx.store, t)));
   const metrics: Record<string, number> = {};
   const teacherAccs: number[] = [];
@@ -207,16 +251,196 @@ const evaluate: Job<{ spec: PipelineSpec; models: EvaluateModels }, EvaluateJobR
   const teacherMean = teacherAccs.reduce((a, b) => a + b, 0) / teacherAccs.length;
   metrics['acc.teacher_mean'] = teacherMean;
   metrics['acc.ensemble'] = await ensembleAccuracy(teachers, test);
-  metrics['acc.avg_naive'] = await accuracy(await loadParams(ctx.store, models.avgNaive), test);
-  metrics['acc.avg_aligned'] = await accuracy(await loadParams(ctx.store, models.avgAligned), test);
-  metrics['acc.student_zero_shot'] = await accuracy(await loadParams(ctx.store, models.student), test);
-  metrics['gain_captured.zero_shot'] = ensembleGainCaptured(metrics['acc.student_zero_shot'], teacherMean, metrics['acc.ensemble']);
-  if (models.studentFinetuned) {
-    metrics['acc.student_finetuned'] = await accuracy(await loadParams(ctx.store, models.studentFinetuned), test);
+  const testAccuracy = async (ref: string) => accuracy(await loadParams(ctx.store, ref), test);
+  const optional: Array<[string, string | null]> = [
+    ['acc.avg_naive', models.avgNaive],
+    ['acc.avg_aligned', models.avgAligned],
+    ['acc.avg_aligned_finetuned', models.avgAlignedFinetuned],
+    ['acc.kd', models.kd],
+    ['acc.data_only', models.dataOnly],
+    ['acc.teacher_ablation', models.ablationStudent],
+    ['acc.student_zero_shot', models.student],
+    ['acc.student_finetuned', models.studentFinetuned],
+  ];
+  for (const [name, ref] of optional) if (ref) metrics[name] = await testAccuracy(ref);
+  metrics['gain_captured.zero_shot'] = ensembleGainCaptured(metrics['acc.student_zero_shot']!, teacherMean, metrics['acc.ensemble']);
+  if (metrics['acc.student_finetuned'] !== undefined) {
     metrics['gain_captured.finetuned'] = ensembleGainCaptured(metrics['acc.student_finetuned'], teacherMean, metrics['acc.ensemble']);
+  }
+  // How long KD from scratch needs to match the fine-tuned student, judged on validation (never test).
+  if (models.kdEpochCurve && models.studentFinetuned && consolidationSeconds !== null) {
+    const target = await accuracy(await loadParams(ctx.store, models.studentFinetuned), split.validation);
+    const curve = await ctx.store.getJson<EpochTiming[]>(models.kdEpochCurve as `sha256:${string}`);
+    const cap = KD_TO_MATCH_CAP_FACTOR * consolidationSeconds;
+    const reach = secondsToReach(curve, target, cap);
+    const kdSeconds = curve.at(-1)?.secondsElapsed ?? 0;
+    // Not reached within a KD run shorter than the cap: its whole run time is a lower bound, not the cap.
+    metrics['seconds.kd_to_match'] = reach.reached || kdSeconds >= cap ? reach.seconds : kdSeconds;
+    metrics['kd_to_match.reached'] = reach.reached ? 1 : 0;
+    metrics['acc_val.student_finetuned'] = target;
   }
   metrics['data.test_size'] = test.n;
   return { metrics, backend };
+};
+
+export interface MetaTrainJobResult {
+  model: string;
+  curve: Array<{ step: number; loss: number }>;
+  valCurve: Array<{ step: number; accuracy: number }>;
+  bestStep: number;
+  steps: number;
+  seconds: number;
+  backend: string;
+}
+
+/**
+ * Validation ensembles: random subsets (of the evaluated ensemble's size) of the held-out validation
+ * teachers, fixed by the seed, so every checkpoint is scored on the same ensembles.
+ */
+function validationEnsembles<T>(spec: PipelineSpec, teachers: T[]): T[][] {
+  const size = Math.min(spec.teachers.count, teachers.length);
+  const rng = new Rng(deriveSeed(spec.seed, 'validation-ensembles'));
+  return Array.from({ length: spec.weightformer.validationEnsembles }, () =>
+    Array.from(rng.permutation(teachers.length).subarray(0, size), (i) => teachers[i]!),
+  );
+}
+
+const metaTrainJob: Job<{ spec: PipelineSpec; zoo: string[]; validation: string[]; teacherInput: boolean }, MetaTrainJobResult> = async (
+  { spec, zoo, validation, teacherInput },
+  ctx,
+) => {
+  const { backend } = await initBackend(spec.compute.backend);
+  const split = splitFor(spec);
+  const zooParams = await Promise.all(zoo.map((t) => loadParams(ctx.store, t)));
+  const validationParams = await Promise.all(validation.map((t) => loadParams(ctx.store, t)));
+  const m = spec.weightformer.model;
+  const t = spec.weightformer.train;
+  const previous = ctx.resume as TrainCheckpoint | undefined;
+  const resumeFrom = previous ? deserializeMetaTrainState(await ctx.store.getBytes(previous.state as `sha256:${string}`)) : undefined;
+  const phase = teacherInput ? 'meta-training' : 'meta-training (ablation)';
+  const started = performance.now();
+  const result = await metaTrain(
+    {
+      arch: spec.architecture,
+      config: weightformerConfig({ d: m.d, heads: m.heads, blocks: m.blocks, mlpRatio: m.mlpRatio, mixing: m.mixing, probeTokens: m.probeTokens, teacherInput }),
+      zoo: zooParams,
+      // The zoo's first teacher is the alignment reference, stored with the model.
+      reference: zooParams[0]!,
+      consolidation: split.consolidation,
+      validation: { ensembles: validationEnsembles(spec, validationParams), data: split.validation },
+      steps: t.steps,
+      batchSize: t.batchSize,
+      learningRate: t.learningRate,
+      tMin: t.tMin,
+      tMax: t.tMax,
+      temperature: t.temperature,
+      kdWeight: t.kdWeight,
+      // The ablation is trained identically: same seed, same subsets, same batches.
+      seed: deriveSeed(spec.seed, 'weightformer'),
+      checkpointEvery: t.checkpointEvery,
+      evalEvery: t.evalEvery,
+    },
+    {
+      onStep: (info) => ctx.progress({ phase, step: info.step, totalSteps: info.totalSteps, loss: info.loss }),
+      onCheckpoint: async (state) => {
+        const ref = await ctx.store.putBytes(serializeMetaTrainState(state));
+        ctx.checkpoint(state.step, { state: ref } satisfies TrainCheckpoint);
+      },
+    },
+    resumeFrom,
+  );
+  return {
+    model: await ctx.store.putBytes(serializeWeightformer(result.model)),
+    curve: result.curve,
+    valCurve: result.valCurve.map((p) => ({ step: p.step, accuracy: p.accuracy })),
+    bestStep: result.bestStep,
+    steps: result.steps,
+    seconds: (performance.now() - started) / 1000,
+    backend,
+  };
+};
+
+export interface EarlyStoppedJobResult {
+  params: string;
+  bestEpoch: number;
+  /** Per-epoch validation accuracy and cumulative seconds, stored as JSON. */
+  epochCurve: string;
+  curve: Array<{ step: number; loss: number }>;
+  seconds: number;
+  backend: string;
+}
+
+/** Trains on the consolidation set, keeping the epoch that is best on validation; checkpointed. */
+async function trainEarlyStopped(
+  ctx: JobContext,
+  spec: PipelineSpec,
+  phase: string,
+  options: { epochs: number; batchSize: number; learningRate: number; seed: number; checkpointEvery: number; kd?: { weight: number; temperature: number; teachers: string[] } },
+): Promise<EarlyStoppedJobResult> {
+  const { backend } = await initBackend(spec.compute.backend);
+  const split = splitFor(spec);
+  const previous = ctx.resume as TrainCheckpoint | undefined;
+  const resumeFrom = previous ? deserializeEarlyStoppingState(await ctx.store.getBytes(previous.state as `sha256:${string}`)) : undefined;
+  const kd = options.kd
+    ? { teacherProbs: await teacherTargets(ctx.store, options.kd.teachers, split.consolidation, options.kd.temperature), weight: options.kd.weight, temperature: options.kd.temperature }
+    : undefined;
+  const started = performance.now();
+  const result = await trainWithEarlyStopping(
+    {
+      arch: spec.architecture,
+      init: initMlp(spec.architecture, deriveSeed(options.seed, 'init')),
+      train: split.consolidation,
+      validation: split.validation,
+      epochs: options.epochs,
+      batchSize: options.batchSize,
+      learningRate: options.learningRate,
+      seed: deriveSeed(options.seed, 'train'),
+      checkpointEvery: options.checkpointEvery,
+      ...(kd ? { kd } : {}),
+    },
+    {
+      onStep: (info) => ctx.progress({ phase, step: info.step, totalSteps: info.totalSteps, loss: info.loss }),
+      onCheckpoint: async (state) => {
+        const ref = await ctx.store.putBytes(serializeEarlyStoppingState(state));
+        ctx.checkpoint(state.train.step, { state: ref } satisfies TrainCheckpoint);
+      },
+    },
+    resumeFrom,
+  );
+  return {
+    params: await ctx.store.putBytes(serializeParams(result.params)),
+    bestEpoch: result.bestEpoch,
+    epochCurve: await ctx.store.putJson(result.epochCurve),
+    curve: result.curve,
+    seconds: (performance.now() - started) / 1000,
+    backend,
+  };
+}
+
+/** KD from scratch: a random student trained with CE + KD to the ensemble on the consolidation set. */
+const kdFromScratch: Job<{ spec: PipelineSpec; teachers: string[] }, EarlyStoppedJobResult> = async ({ spec, teachers }, ctx) => {
+  const kd = spec.baselines.kd;
+  return trainEarlyStopped(ctx, spec, 'KD from scratch', {
+    epochs: kd.epochs,
+    batchSize: kd.batchSize,
+    learningRate: kd.learningRate,
+    seed: deriveSeed(spec.seed, 'kd'),
+    checkpointEvery: kd.checkpointEvery,
+    kd: { weight: kd.kdWeight, temperature: kd.temperature, teachers },
+  });
+};
+
+/** Data-only: a network trained on the consolidation set alone, for as many optimiser steps as meta-training. */
+const dataOnly: Job<{ spec: PipelineSpec }, EarlyStoppedJobResult> = async ({ spec }, ctx) => {
+  const d = spec.baselines.dataOnly;
+  const stepsPerEpoch = Math.ceil(spec.data.consolidationSize / d.batchSize);
+  return trainEarlyStopped(ctx, spec, 'data-only', {
+    epochs: Math.max(1, Math.round(spec.weightformer.train.steps / stepsPerEpoch)),
+    batchSize: d.batchSize,
+    learningRate: d.learningRate,
+    seed: deriveSeed(spec.seed, 'data-only'),
+    checkpointEvery: d.checkpointEvery,
+  });
 };
 
 /** Every job a stage activity can run in a worker thread, by name. */
@@ -224,6 +448,9 @@ export const JOBS: Record<string, Job<never, unknown>> = {
   trainTeacher,
   generateStudent,
   finetune,
-  baselines,
+  weightAverages,
+  metaTrain: metaTrainJob,
+  kdFromScratch,
+  dataOnly,
   evaluate,
 } as Record<string, Job<never, unknown>>;

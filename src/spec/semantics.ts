@@ -12,17 +12,40 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
   const problems: Problem[] = [];
   const { data, teachers, zoo } = spec;
 
-  const needed = (teachers.count + zoo.count) * data.shardSize + data.consolidationSize + data.validationSize +
+  // Evaluated teachers get disjoint shards; zoo and validation teachers sample from the same teacher pool.
+  const shardGroups = teachers.ensembleIndex + 1;
+  const needed = shardGroups * teachers.count * data.shardSize + data.consolidationSize + data.validationSize +
     data.testSize;
   if (needed > MNIST_EMBEDDED_DIGITS) {
     problems.push({
       pointer: '/data',
       at: 'value',
       message: `the data split needs ${needed} digits but the embedded MNIST has ${MNIST_EMBEDDED_DIGITS}: ` +
-        `(${teachers.count} teachers + ${zoo.count} zoo) × ${data.shardSize} shardSize + ` +
+        `(ensembleIndex ${teachers.ensembleIndex} + 1) × ${teachers.count} teachers × ${data.shardSize} shardSize + ` +
         `${data.consolidationSize} consolidationSize + ${data.validationSize} validationSize + ${data.testSize} testSize`,
-      related: ['/teachers/count', '/zoo/count', '/data/shardSize', '/data/consolidationSize',
+      related: ['/teachers/count', '/teachers/ensembleIndex', '/data/shardSize', '/data/consolidationSize',
         '/data/validationSize', '/data/testSize'],
+    });
+  }
+  if (spec.weightformer.model.d % spec.weightformer.model.heads !== 0) {
+    problems.push({
+      pointer: '/weightformer/model/heads', at: 'value',
+      message: `must divide weightformer.model.d (${spec.weightformer.model.d} is not a multiple of ${spec.weightformer.model.heads})`,
+      related: ['/weightformer/model/d'],
+    });
+  }
+  if (spec.weightformer.train.tMin > spec.weightformer.train.tMax) {
+    problems.push({
+      pointer: '/weightformer/train/tMin', at: 'value',
+      message: `must be ≤ weightformer.train.tMax (${spec.weightformer.train.tMin} > ${spec.weightformer.train.tMax})`,
+      related: ['/weightformer/train/tMax'],
+    });
+  }
+  if (spec.weightformer.mode !== 'none' && spec.weightformer.train.tMax > zoo.count) {
+    problems.push({
+      pointer: '/weightformer/train/tMax', at: 'value',
+      message: `must be ≤ zoo.count: subsets are drawn from the zoo (${spec.weightformer.train.tMax} > ${zoo.count})`,
+      related: ['/zoo/count'],
     });
   }
 

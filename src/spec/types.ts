@@ -44,6 +44,8 @@ export interface ArchitectureSpec {
 export interface TeachersSpec {
   count: number;
   source: 'train';
+  /** Evaluated teachers use the disjoint shards ensembleIndex·count … ensembleIndex·count+count−1. */
+  ensembleIndex: number;
   train: TrainOptions;
 }
 
@@ -53,9 +55,34 @@ export interface ZooSpec {
   train: TrainOptions;
 }
 
+export interface WeightformerModelSpec {
+  d: number;
+  heads: number;
+  blocks: number;
+  mlpRatio: number;
+  mixing: boolean;
+  probeTokens: boolean;
+}
+
+export interface WeightformerTrainSpec {
+  steps: number;
+  batchSize: number;
+  learningRate: number;
+  tMin: number;
+  tMax: number;
+  temperature: number;
+  kdWeight: number;
+  checkpointEvery: number;
+  evalEvery: number;
+}
+
 export interface WeightformerSpec {
-  /** `none` until a WeightFormer is trained; the student is then the aligned average. */
+  /** `none`: the student is the aligned average; `train`: meta-train (or reuse the cached one); `reuse`: cached only. */
   mode: 'none' | 'train' | 'reuse';
+  validationTeachers: number;
+  validationEnsembles: number;
+  model: WeightformerModelSpec;
+  train: WeightformerTrainSpec;
 }
 
 export interface GenerateSpec {
@@ -73,10 +100,29 @@ export interface FinetuneSpec {
   checkpointEvery: number;
 }
 
-export type BaselineName = 'teachers' | 'ensemble' | 'avg_naive' | 'avg_aligned';
+export type BaselineName =
+  | 'teachers'
+  | 'ensemble'
+  | 'avg_naive'
+  | 'avg_aligned'
+  | 'avg_aligned_finetuned'
+  | 'kd'
+  | 'data_only'
+  | 'teacher_ablation';
+
+export interface KdBaselineSpec {
+  epochs: number;
+  batchSize: number;
+  learningRate: number;
+  kdWeight: number;
+  temperature: number;
+  checkpointEvery: number;
+}
 
 export interface BaselinesSpec {
   include: BaselineName[];
+  kd: KdBaselineSpec;
+  dataOnly: { batchSize: number; learningRate: number; checkpointEvery: number };
 }
 
 export interface EvaluateSpec {

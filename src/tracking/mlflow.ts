@@ -63,6 +63,9 @@ export interface MlflowClientOptions {
   fetch?: typeof fetch;
 }
 
+/** How long findOrCreateRunByTags waits after creating before it checks for a racing duplicate. */
+export const FIND_OR_CREATE_SETTLE_MS = 300;
+
 export const DEFAULT_RETRY: RetryOptions = { attempts: 5, initialDelayMs: 500, maxDelayMs: 10_000 };
 
 interface RequestOptions {
@@ -537,6 +540,10 @@ export class MlflowClient {
       experimentId: opts.experimentId, runName: opts.runName, tags: { ...opts.tags, ...match },
       parentRunId: opts.parentRunId,
     });
+    // Let a racing caller's create land before deciding: both then see both runs and pick the same
+    // (oldest) one. Without the pause, a caller that searches before the other's create keeps its own run
+    // while the other, ordered by client timestamps, may keep its own too. Only the create path pays this.
+    await sleep(FIND_OR_CREATE_SETTLE_MS);
     const winner = (await find())[0];
     if (winner && winner.info.run_id !== run.info.run_id) {
       await this.deleteRun(run.info.run_id);

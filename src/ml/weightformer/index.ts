@@ -1,0 +1,14 @@
+/**
+ * WeightFormer for the MLP family: reads an ensemble's aligned parameters, writes one student's.
+ */
+export type { WeightformerConfig } from './config';
+export { DEFAULT_WEIGHTFORMER_CONFIG, weightformerConfig, checkWeightformerConfig } from './config';
+export type { WeightformerModel, ParamSpec } from './model';
+export { initWeightformer, paramSpecs, paramCountOf } from './model';
+export { generateStudent } from './generate';
+export { serializeWeightformer, deserializeWeightformer } from './io';
+export type { MetaTrainOptions, MetaTrainHooks, MetaTrainResult, MetaStepInfo } from './meta-train';
+export { metaTrain, MetaTrainingAbortedError, flattenWeightformerParams, withFlatParams, probeBatch } from './meta-train';
+export type { MetaTrainState, ValPoint } from './meta-state';
+export { serializeMetaTrainState, deserializeMetaTrainState } from './meta-state';
+export type { ZooStats, ProbeStats } from './tokens';

@@ -1,0 +1,280 @@
+/**
+ * Host-side token building: aligned teachers → rows, normalised tokens, residual bases.
+ *
+ * A token is one output unit of one layer of one teacher: `[w[:, j], b[j]]` (inSize + 1 values), then,
+ * with probe tokens, that unit's pre-activations on the model's probe batch. Everything here is plain
+ * float arithmetic on the host (float64 accumulation), so it is identical on every backend and costs no
+ * tensor ops; the tensors of one forward pass are uploaded from these arrays.
+ */
+import type { ArchitectureSpec } from '../../spec/types';
+import { InputError } from '../../util/errors';
+import type { MlpParams } from '../mlp';
+import type { WeightformerConfig } from './config';
+
+export interface LayerLayout {
+  /** Output units of the layer = tokens per teacher. */
+  rows: number;
+  inSize: number;
+  /** inSize + 1: the parameters of one row (incoming weights and bias). */
+  rowSize: number;
+  /** Index of the layer's first row among all rows of the network. */
+  rowOffset: number;
+}
+
+export interface Layout {
+  layers: LayerLayout[];
+  totalRows: number;
+}
+
+export function layoutOf(arch: ArchitectureSpec): Layout {
+  const sizes = [arch.inputSize, ...arch.hidden, arch.outputSize];
+  const layers: LayerLayout[] = [];
+  let offset = 0;
+  for (let l = 0; l + 1 < sizes.length; l++) {
+    const inSize = sizes[l] ?? 0;
+    const rows = sizes[l + 1] ?? 0;
+    layers.push({ rows, inSize, rowSize: inSize + 1, rowOffset: offset });
+    offset += rows;
+  }
+  return { layers, totalRows: offset };
+}
+
+/** Values per token of a layer: the row, plus the probe activations when the model reads them. */
+export function tokenSize(layer: LayerLayout, config: WeightformerConfig): number {
+  return layer.rowSize + (config.probeTokens ? config.probeSize : 0);
+}
+
+/**
+ * Statistics of the aligned zoo, fixed at initialisation and stored with the model. They make the model's
+ * inputs and outputs scale-free: tokens are deviations from the zoo's mean row, divided by one scalar per
+ * layer, and the predicted delta is multiplied by the zoo's per-parameter spread.
+ */
+export interface ZooStats {
+  /** Per layer, rows × rowSize: the mean aligned zoo row. */
+  center: Float32Array[];
+  /**
+   * Per layer, rows × rowSize: each parameter's standard deviation across the aligned zoo (floored at a
+   * tenth of the layer's mean), the per-parameter unit of the predicted delta. A constant, not the
+   * current ensemble's spread, so that the teacher ablation is exactly "aligned mean + a learned fixed
+   * correction" and the output scale does not jump with T.
+   */
+  scale: Float32Array[];
+  /** Per layer: the RMS deviation of zoo rows from `center` (tokens are divided by it). */
+  tokenNorm: number[];
+  /** With probe tokens: the probe batch and the normalisation of the pre-activations on it. */
+  probe: ProbeStats | null;
+}
+
+export interface ProbeStats {
+  /** n × inputSize probe inputs (from the consolidation set). */
+  x: Float32Array;
+  n: number;
+  /** Per layer, rows × n: the zoo's mean pre-activation of each unit on each probe example. */
+  center: Float32Array[];
+  /** Per layer: the RMS deviation of the zoo's pre-activations from `center`. */
+  norm: number[];
+}
+
+/** Rows of each layer, rows × rowSize row-major: row j = [w[:, j], b[j]]. */
+export function teacherRows(p: MlpParams): Float32Array[] {
+  return p.layers.map((layer) => {
+    const { inSize, outSize } = layer;
+    const rowSize = inSize + 1;
+    const out = new Float32Array(outSize * rowSize);
+    for (let i = 0; i < inSize; i++) {
+      for (let j = 0; j < outSize; j++) out[j * rowSize + i] = layer.w[i * outSize + j] ?? 0;
+    }
+    for (let j = 0; j < outSize; j++) out[j * rowSize + inSize] = layer.b[j] ?? 0;
+    return out;
+  });
+}
+
+/** The inverse of `teacherRows`. */
+export function rowsToParams(rows: Float32Array[], layout: Layout, activation: MlpParams['activation']): MlpParams {
+  return {
+    activation,
+    layers: layout.layers.map((L, l) => {
+      const r = rows[l];
+      if (!r || r.length !== L.rows * L.rowSize) throw new Error(`rowsToParams: layer ${l} has ${r?.length ?? 0} values`);
+      const w = new Float32Array(L.inSize * L.rows);
+      const b = new Float32Array(L.rows);
+      for (let j = 0; j < L.rows; j++) {
+        for (let i = 0; i < L.inSize; i++) w[i * L.rows + j] = r[j * L.rowSize + i] ?? 0;
+        b[j] = r[j * L.rowSize + L.inSize] ?? 0;
+      }
+      return { w, b, inSize: L.inSize, outSize: L.rows };
+    }),
+  };
+}
+
+/**
+ * Pre-activations of every unit on the probe inputs, per layer rows × n (unit j's n values contiguous),
+ * computed on the host in float64 so they are the same on every backend.
+ */
+export function probePreactivations(p: MlpParams, x: Float32Array, n: number): Float32Array[] {
+  const out: Float32Array[] = [];
+  let h = Float64Array.from(x);
+  p.layers.forEach((layer, l) => {
+    const { inSize, outSize } = layer;
+    const z = new Float64Array(n * outSize);
+    for (let e = 0; e < n; e++) {
+      for (let j = 0; j < outSize; j++) z[e * outSize + j] = layer.b[j] ?? 0;
+      for (let i = 0; i < inSize; i++) {
+        const xi = h[e * inSize + i] ?? 0;
+        if (xi === 0) continue;
+        const wRow = i * outSize;
+        for (let j = 0; j < outSize; j++) z[e * outSize + j] = (z[e * outSize + j] ?? 0) + xi * (layer.w[wRow + j] ?? 0);
+      }
+    }
+    const perUnit = new Float32Array(outSize * n);
+    for (let e = 0; e < n; e++) for (let j = 0; j < outSize; j++) perUnit[j * n + e] = z[e * outSize + j] ?? 0;
+    out.push(perUnit);
+    if (l + 1 < p.layers.length) {
+      h = z.map((v) => (p.activation === 'relu' ? Math.max(0, v) : Math.tanh(v)));
+    }
+  });
+  return out;
+}
+
+function meanAndSpread(samples: Float32Array[], size: number): { mean: Float32Array; std: Float64Array; rms: number } {
+  const sum = new Float64Array(size);
+  for (const s of samples) for (let i = 0; i < size; i++) sum[i] = (sum[i] ?? 0) + (s[i] ?? 0);
+  const mean = new Float64Array(size);
+  for (let i = 0; i < size; i++) mean[i] = (sum[i] ?? 0) / samples.length;
+  const sq = new Float64Array(size);
+  for (const s of samples) {
+    for (let i = 0; i < size; i++) {
+      const dv = (s[i] ?? 0) - (mean[i] ?? 0);
+      sq[i] = (sq[i] ?? 0) + dv * dv;
+    }
+  }
+  const std = new Float64Array(size);
+  let total = 0;
+  for (let i = 0; i < size; i++) {
+    std[i] = Math.sqrt((sq[i] ?? 0) / samples.length);
+    total += (sq[i] ?? 0) / samples.length;
+  }
+  return { mean: Float32Array.from(mean), std, rms: Math.sqrt(total / Math.max(1, size)) };
+}
+
+/** The statistics of an aligned zoo (at least two teachers: a spread needs two). */
+export function zooStats(
+  layout: Layout,
+  config: WeightformerConfig,
+  alignedZoo: MlpParams[],
+  probe: { x: Float32Array; n: number } | null,
+): ZooStats {
+  if (alignedZoo.length < 2) throw new InputError(`a WeightFormer zoo needs at least 2 teachers, got ${alignedZoo.length}`);
+  const rows = alignedZoo.map(teacherRows);
+  const center: Float32Array[] = [];
+  const scale: Float32Array[] = [];
+  const tokenNorm: number[] = [];
+  layout.layers.forEach((L, l) => {
+    const size = L.rows * L.rowSize;
+    const { mean, std, rms } = meanAndSpread(rows.map((r) => r[l] ?? new Float32Array(size)), size);
+    let meanStd = 0;
+    for (const s of std) meanStd += s;
+    meanStd /= size;
+    const floor = Math.max(0.1 * meanStd, 1e-8);
+    center.push(mean);
+    scale.push(Float32Array.from(std, (s) => Math.max(s, floor)));
+    tokenNorm.push(Math.max(rms, 1e-8));
+  });
+  let probeStats: ProbeStats | null = null;
+  if (config.probeTokens) {
+    if (!probe || probe.n !== config.probeSize) {
+      throw new InputError(`probe tokens need a probe batch of ${config.probeSize} examples, got ${probe?.n ?? 0}`);
+    }
+    const acts = alignedZoo.map((p) => probePreactivations(p, probe.x, probe.n));
+    const pc: Float32Array[] = [];
+    const pn: number[] = [];
+    layout.layers.forEach((L, l) => {
+      const size = L.rows * probe.n;
+      const { mean, rms } = meanAndSpread(acts.map((a) => a[l] ?? new Float32Array(size)), size);
+      pc.push(mean);
+      pn.push(Math.max(rms, 1e-8));
+    });
+    probeStats = { x: new Float32Array(probe.x), n: probe.n, center: pc, norm: pn };
+  }
+  return { center, scale, tokenNorm, probe: probeStats };
+}
+
+/** One aligned teacher, ready to be put into any set: raw rows and normalised token contents. */
+export interface TeacherFeatures {
+  /** Per layer rows × rowSize (the teacher's own parameters). */
+  rows: Float32Array[];
+  /** Per layer rows × tokenSize: what the encoder reads (zeros in the teacher ablation). */
+  tokens: Float32Array[];
+}
+
+export function teacherFeatures(layout: Layout, config: WeightformerConfig, stats: ZooStats, aligned: MlpParams): TeacherFeatures {
+  const rows = teacherRows(aligned);
+  const acts = config.probeTokens && stats.probe ? probePreactivations(aligned, stats.probe.x, stats.probe.n) : null;
+  const tokens = layout.layers.map((L, l) => {
+    const size = tokenSize(L, config);
+    const out = new Float32Array(L.rows * size);
+    if (!config.teacherInput) return out;
+    const r = rows[l] ?? new Float32Array();
+    const c = stats.center[l] ?? new Float32Array();
+    const norm = stats.tokenNorm[l] ?? 1;
+    for (let j = 0; j < L.rows; j++) {
+      for (let k = 0; k < L.rowSize; k++) out[j * size + k] = ((r[j * L.rowSize + k] ?? 0) - (c[j * L.rowSize + k] ?? 0)) / norm;
+    }
+    const a = acts?.[l];
+    const probe = stats.probe;
+    if (a && probe) {
+      const pc = probe.center[l] ?? new Float32Array();
+      const pn = probe.norm[l] ?? 1;
+      for (let j = 0; j < L.rows; j++) {
+        for (let e = 0; e < probe.n; e++) out[j * size + L.rowSize + e] = ((a[j * probe.n + e] ?? 0) - (pc[j * probe.n + e] ?? 0)) / pn;
+      }
+    }
+    return out;
+  });
+  return { rows, tokens };
+}
+
+/** The host arrays of one forward pass over a set of T teachers. */
+export interface SetArrays {
+  T: number;
+  /** Per layer, T × rows × tokenSize, teacher-major. */
+  tokens: Float32Array[];
+  /** Per layer, rows × rowSize: the aligned mean (float64 sums, as `averageParams`). */
+  base: Float32Array[];
+  /** Per layer, rows × rowSize × T: the teachers' rows, teacher index last (for mixing weights). */
+  rowsRDT: Float32Array[] | null;
+}
+
+export function assembleSet(layout: Layout, config: WeightformerConfig, set: TeacherFeatures[]): SetArrays {
+  const T = set.length;
+  if (T < 1) throw new InputError('a WeightFormer needs at least one teacher');
+  const tokens = layout.layers.map((L, l) => {
+    const size = L.rows * tokenSize(L, config);
+    const out = new Float32Array(T * size);
+    set.forEach((f, t) => out.set(f.tokens[l] ?? new Float32Array(size), t * size));
+    return out;
+  });
+  const base = layout.layers.map((L, l) => {
+    const size = L.rows * L.rowSize;
+    const acc = new Float64Array(size);
+    for (const f of set) {
+      const r = f.rows[l] ?? new Float32Array(size);
+      for (let i = 0; i < size; i++) acc[i] = (acc[i] ?? 0) + (r[i] ?? 0);
+    }
+    const out = new Float32Array(size);
+    for (let i = 0; i < size; i++) out[i] = (acc[i] ?? 0) / T;
+    return out;
+  });
+  const rowsRDT = config.mixing
+    ? layout.layers.map((L, l) => {
+        const size = L.rows * L.rowSize;
+        const out = new Float32Array(size * T);
+        set.forEach((f, t) => {
+          const r = f.rows[l] ?? new Float32Array(size);
+          for (let i = 0; i < size; i++) out[i * T + t] = r[i] ?? 0;
+        });
+        return out;
+      })
+    : null;
+  return { T, tokens, base, rowsRDT };
+}
