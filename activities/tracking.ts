@@ -3,6 +3,7 @@ import type { StageInput, StageOutput, TrackingHandle } from '../workflows/types
 import type { MlflowClient } from '../src/tracking/mlflow';
 import type { ArtifactStore } from '../src/store/store';
 import type { ActivityDeps } from './common';
+import { unpackTfjsArtifact } from '../src/ml/tfjs-format';
 
 const TAG_WORKFLOW = 'weightformer.workflow_id';
 const TAG_KIND = 'weightformer.kind';
@@ -108,7 +109,10 @@ export class StageTracker {
     let modelVersion: string | null = null;
     const student = (input.inputs.studentFinetuned ?? input.inputs.student) as string | undefined;
     if (input.status === 'FINISHED' && student && input.spec.tracking.registerModel) {
-      await this.client.logArtifact(handle.runId, 'student/params.wfp', await this.store.getBytes(student as `sha256:${string}`));
+      // The student as TF.js loads it: student/model.json + student/weights.bin.
+      const { modelJson, weightsBin } = unpackTfjsArtifact(await this.store.getBytes(student as `sha256:${string}`));
+      await this.client.logArtifact(handle.runId, 'student/weights.bin', weightsBin);
+      await this.client.logArtifact(handle.runId, 'student/model.json', JSON.stringify(modelJson));
       const name = input.spec.tracking.registerModel;
       await this.client.createRegisteredModel(name);
       const { version } = await this.client.findOrCreateModelVersion({

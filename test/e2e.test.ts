@@ -44,6 +44,10 @@ tracking: {experiment: ${experiment}, registerModel: e2e-student}
     for (const key of ['acc.teacher_mean', 'acc.ensemble', 'acc.avg_naive', 'acc.avg_aligned', 'acc.student_zero_shot', 'acc.student_finetuned']) {
       assert.equal(logged[key], printed.metrics[key], key);
     }
+    // Who saw which data is on record: every split part as a dataset input with its digest.
+    const inputs = run.inputs.dataset_inputs.map((d) => ({ name: d.dataset.name, context: d.tags.find((t) => t.key === 'mlflow.data.context')?.value }));
+    assert.ok(inputs.some((d) => d.name === 'mnist-embedded/test' && d.context === 'test'), JSON.stringify(inputs));
+    assert.ok(inputs.some((d) => d.name === 'mnist-embedded/consolidation' && d.context === 'train'));
     const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
     assert.equal(tags['weightformer.workflow_id'], printed.workflowId);
     // One nested run per stage that ran, each exactly once.
@@ -58,5 +62,11 @@ tracking: {experiment: ${experiment}, registerModel: e2e-student}
     // The student is a registered model version of this run.
     const versions = await client.searchModelVersions(`name = 'e2e-student' and run_id = '${printed.mlflowRunId}'`);
     assert.equal(versions.length, 1);
+    // …stored as TF.js loads it.
+    const modelJson = JSON.parse((await client.downloadArtifact(printed.mlflowRunId, 'student/model.json')).toString('utf8'));
+    assert.equal(modelJson.format, 'layers-model');
+    assert.deepEqual(modelJson.weightsManifest[0].paths, ['weights.bin']);
+    const weights = await client.downloadArtifact(printed.mlflowRunId, 'student/weights.bin');
+    assert.equal(weights.length, (784 * 16 + 16 + 16 * 10 + 10) * 4);
   });
 });

@@ -174,7 +174,7 @@ async function sweep(input: PipelineInput): Promise<PipelineResult> {
         args: [{ spec: cell.spec, specHash: cell.hash, file: input.file, noCache: input.noCache, queuePrefix: input.queuePrefix }],
       }),
     );
-    completed.push({ cell: cell.cell, workflowId: childId, mlflowRunId: result.mlflowRunId, metrics: result.metrics });
+    completed.push({ cell: cell.cell, workflowId: childId, mlflowRunId: result.mlflowRunId, metrics: result.metrics, tags: result.tags });
     progress.cells = { total: cells.length, completed: completed.length };
     if (workflowInfo().continueAsNewSuggested && index + 1 < cells.length) {
       await continueAsNew<typeof pipeline>({ ...input, completedCells: completed });

@@ -82,6 +82,7 @@ export interface CellResult {
   workflowId: string;
   mlflowRunId: string | null;
   metrics: Record<string, number>;
+  tags: Record<string, string>;
 }
 
 export interface PipelineResult {

@@ -108,7 +108,7 @@ async function runCommand(file: string, opts: RunOptions): Promise<number> {
     };
     if (opts.json) {
       process.stdout.write(
-        `${JSON.stringify({ status: result.status, workflowId, mlflowRunId: result.mlflowRunId, backend: result.tags['weightformer.backend'], metrics: result.metrics, report: result.artifacts.report ?? undefined, cells: result.cells })}\n`,
+        `${JSON.stringify({ status: result.status, workflowId, mlflowRunId: result.mlflowRunId, backend: result.tags['weightformer.backend'] ?? result.cells?.[0]?.tags['weightformer.backend'], metrics: result.metrics, report: result.artifacts.report ?? undefined, cells: result.cells })}\n`,
       );
     } else {
       process.stdout.write(`${renderResultTable(result)}\n`);
@@ -178,8 +178,9 @@ function requireAddress(): string {
 }
 
 export async function main(argv: string[]): Promise<void> {
-  // The SDK's INFO lines (worker state changes) would drown the progress display.
-  Runtime.install({ logger: new DefaultLogger((process.env.WEIGHTFORMER_LOG_LEVEL as 'WARN' | undefined) ?? 'WARN') });
+  // The SDK logs every worker state change and each failed attempt (with its stack) at INFO/WARN; the CLI
+  // reports failures itself, so only errors come through unless WEIGHTFORMER_LOG_LEVEL asks for more.
+  Runtime.install({ logger: new DefaultLogger((process.env.WEIGHTFORMER_LOG_LEVEL as 'WARN' | undefined) ?? 'ERROR') });
   const program = new Command('weightformer')
     .description('Consolidate an ensemble into one student model from a declarative pipeline file')
     .showHelpAfterError();

@@ -6,6 +6,10 @@ const ACCURACY_ROWS: Array<[string, string]> = [
   ['acc.ensemble', 'ensemble (averaged softmax)'],
   ['acc.avg_naive', 'naive weight average'],
   ['acc.avg_aligned', 'aligned weight average'],
+  ['acc.avg_aligned_finetuned', 'aligned average + fine-tune'],
+  ['acc.kd', 'KD from scratch'],
+  ['acc.data_only', 'data-only (consolidation set)'],
+  ['acc.teacher_ablation', 'teacher ablation (no teacher input)'],
   ['acc.student_zero_shot', 'student, zero-shot'],
   ['acc.student_finetuned', 'student, fine-tuned'],
 ];
@@ -20,16 +24,17 @@ export function renderResultTable(result: PipelineResult): string {
   }
   const m = result.metrics;
   const lines: string[] = [];
-  const width = 34;
-  lines.push(`${'model'.padEnd(width)} test accuracy`);
-  lines.push(`${'-'.repeat(width)} -------------`);
-  for (const key of Object.keys(m).filter((k) => /^acc\.teacher_\d+$/.test(k)).sort()) {
-    lines.push(`${`teacher ${key.split('_')[1]}`.padEnd(width)} ${pct(m[key])}`);
-  }
-  for (const [key, label] of ACCURACY_ROWS) if (m[key] !== undefined) lines.push(`${label.padEnd(width)} ${pct(m[key])}`);
+  const row = (metric: string, label: string, value: string) => lines.push(`${metric.padEnd(30)} ${label.padEnd(36)} ${value}`);
+  row('metric', 'model', 'test accuracy');
+  row('-'.repeat(30), '-'.repeat(36), '-------------');
+  for (const key of Object.keys(m).filter((k) => /^acc\.teacher_\d+$/.test(k)).sort()) row(key, `teacher ${key.split('_')[1]}`, pct(m[key]));
+  for (const [key, label] of ACCURACY_ROWS) if (m[key] !== undefined) row(key, label, pct(m[key]));
   lines.push('');
-  for (const key of ['gain_captured.zero_shot', 'gain_captured.finetuned']) if (m[key] !== undefined) lines.push(`${key.padEnd(width)} ${fmt(m[key])}`);
-  for (const key of Object.keys(m).filter((k) => k.startsWith('seconds.')).sort()) lines.push(`${key.padEnd(width)} ${fmt(m[key])} s`);
+  for (const key of ['gain_captured.zero_shot', 'gain_captured.finetuned', 'ratio.consolidate_over_kd_to_match']) if (m[key] !== undefined) row(key, '', fmt(m[key]));
+  for (const key of Object.keys(m).filter((k) => k.startsWith('seconds.')).sort()) {
+    const unreached = key === 'seconds.kd_to_match' && m['kd_to_match.reached'] === 0 ? ' (not reached: a lower bound)' : '';
+    row(key, '', `${fmt(m[key])} s${unreached}`);
+  }
   lines.push('');
   if (result.tags['weightformer.backend']) lines.push(`backend: ${result.tags['weightformer.backend']}`);
   lines.push('stages: ' + Object.entries(result.stages).map(([name, s]) => `${name}=${s.state}`).join(' '));

@@ -3,9 +3,10 @@ import { InputError } from '../util/errors';
 import type { ArtifactStore } from '../store/store';
 import type { JobProgress } from './protocol';
 import { initBackend } from '../ml/backend';
-import { loadEmbeddedMnist, selectExamples, splitDataset, type Dataset } from '../ml/data';
+import { datasetDigest, loadEmbeddedMnist, selectExamples, splitDataset, type Dataset } from '../ml/data';
 import { deriveSeed, Rng } from '../ml/rng';
-import { accuracy, ensembleAccuracy, ensembleProbs, initMlp, serializeParams, deserializeParams, type MlpParams } from '../ml/mlp';
+import { accuracy, ensembleAccuracy, ensembleProbs, initMlp, type MlpParams } from '../ml/mlp';
+import { packTfjsArtifact, tfjsArtifactToParams } from '../ml/tfjs-format';
 import { trainMlp, serializeTrainState, deserializeTrainState, type TrainState } from '../ml/train';
 import { alignedAverage, naiveAverage } from '../ml/align';
 import { trainWithEarlyStopping, serializeEarlyStoppingState, deserializeEarlyStoppingState, secondsToReach, type EpochTiming } from '../ml/early-stopping';
@@ -83,8 +84,17 @@ function teacherData(spec: PipelineSpec, role: TeacherRole, index: number): Data
   return selectExamples(pool, order.subarray(0, spec.data.shardSize));
 }
 
+/**
+ * Every MLP (teacher, student, baseline) is stored in the TensorFlow.js layers format (model.json +
+ * weights.bin, packed into one blob for the content-addressed store), so anything a pipeline writes loads in
+ * TF.js as it is; reading checks shapes, dtype and finiteness.
+ */
 async function loadParams(store: ArtifactStore, ref: string): Promise<MlpParams> {
-  return deserializeParams(await store.getBytes(ref as `sha256:${string}`));
+  return tfjsArtifactToParams(await store.getBytes(ref as `sha256:${string}`));
+}
+
+async function saveParams(store: ArtifactStore, params: MlpParams): Promise<string> {
+  return store.putBytes(packTfjsArtifact(params));
 }
 
 async function resumeState(store: ArtifactStore, ref: string | undefined): Promise<TrainState | undefined> {
@@ -138,7 +148,7 @@ const trainTeacher: Job<{ spec: PipelineSpec; role: TeacherRole; index: number }
     (state): TrainCheckpoint => ({ state }),
   );
   return {
-    params: await ctx.store.putBytes(serializeParams(result.params)),
+    params: await saveParams(ctx.store, result.params),
     valAccuracy: await accuracy(result.params, splitFor(spec).validation),
     curve: result.curve,
     backend,
@@ -154,7 +164,7 @@ const generateStudent: Job<{ spec: PipelineSpec; teachers: string[]; weightforme
   if (spec.generate.method === 'aligned-average') {
     const started = performance.now();
     const student = alignedAverage(params);
-    return { student: await ctx.store.putBytes(serializeParams(student)), seconds: (performance.now() - started) / 1000, backend };
+    return { student: await saveParams(ctx.store, student), seconds: (performance.now() - started) / 1000, backend };
   }
   if (!weightformer) throw new InputError("generate.method 'weightformer' needs a WeightFormer (weightformer.mode train or reuse)");
   const model = deserializeWeightformer(await ctx.store.getBytes(weightformer as `sha256:${string}`));
@@ -163,7 +173,7 @@ const generateStudent: Job<{ spec: PipelineSpec; teachers: string[]; weightforme
   const started = performance.now();
   const student = await generateWithWeightformer(model, params, probe);
   const seconds = (performance.now() - started) / 1000;
-  return { student: await ctx.store.putBytes(serializeParams(student)), seconds, backend };
+  return { student: await saveParams(ctx.store, student), seconds, backend };
 };
 
 /** The ensemble's averaged softmax at the distillation temperature: the KD target of fine-tuning. */
@@ -196,7 +206,7 @@ const finetune: Job<{ spec: PipelineSpec; init: string; teachers: string[] }, Tr
     (state): TrainCheckpoint => ({ state }),
   );
   return {
-    params: await ctx.store.putBytes(serializeParams(result.params)),
+    params: await saveParams(ctx.store, result.params),
     curve: result.curve,
     seconds: (performance.now() - started) / 1000,
     backend,
@@ -207,8 +217,8 @@ const weightAverages: Job<{ spec: PipelineSpec; teachers: string[] }, BaselinesJ
   await initBackend(spec.compute.backend);
   const params = await Promise.all(teachers.map((t) => loadParams(ctx.store, t)));
   return {
-    avgNaive: await ctx.store.putBytes(serializeParams(naiveAverage(params))),
-    avgAligned: await ctx.store.putBytes(serializeParams(alignedAverage(params))),
+    avgNaive: await saveParams(ctx.store, naiveAverage(params)),
+    avgAligned: await saveParams(ctx.store, alignedAverage(params)),
   };
 };
 
@@ -408,7 +418,7 @@ async function trainEarlyStopped(
     resumeFrom,
   );
   return {
-    params: await ctx.store.putBytes(serializeParams(result.params)),
+    params: await saveParams(ctx.store, result.params),
     bestEpoch: result.bestEpoch,
     epochCurve: await ctx.store.putJson(result.epochCurve),
     curve: result.curve,
@@ -443,8 +453,37 @@ const dataOnly: Job<{ spec: PipelineSpec }, EarlyStoppedJobResult> = async ({ sp
   });
 };
 
+export interface DatasetDescription {
+  name: string;
+  digest: string;
+  examples: number;
+  context: 'train' | 'validation' | 'test';
+  role: string;
+}
+
+/** The parts of the split this pipeline reads, with digests: logged as MLflow dataset inputs. */
+const describeData: Job<{ spec: PipelineSpec }, DatasetDescription[]> = async ({ spec }) => {
+  const split = splitFor(spec);
+  const group = spec.teachers.ensembleIndex * spec.teachers.count;
+  const parts: Array<[string, Dataset, DatasetDescription['context'], string]> = [
+    ['test', split.test, 'test', 'final numbers only'],
+    ['validation', split.validation, 'validation', 'checkpoint choice and early stopping'],
+    ['consolidation', split.consolidation, 'train', 'the only data consolidation may use'],
+    ['teacher-pool', split.teacherPool, 'train', 'zoo and validation teachers draw from it'],
+    ...split.shards.slice(group).map((shard, i): [string, Dataset, DatasetDescription['context'], string] => [`teacher-${i}-shard`, shard, 'train', `teacher ${i}'s own data`]),
+  ];
+  return parts.map(([part, ds, context, role]) => ({
+    name: `mnist-embedded/${part}`,
+    digest: datasetDigest(ds).slice(0, 32),
+    examples: ds.n,
+    context,
+    role,
+  }));
+};
+
 /** Every job a stage activity can run in a worker thread, by name. */
 export const JOBS: Record<string, Job<never, unknown>> = {
+  describeData,
   trainTeacher,
   generateStudent,
   finetune,

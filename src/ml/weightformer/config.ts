@@ -42,6 +42,12 @@ export interface WeightformerConfig {
    * token would give, without extra tokens). false: attention stays inside each layer.
    */
   crossLayer: boolean;
+  /**
+   * Multiplies the token contents' projection by a learned per-channel gate that starts at zero, so the
+   * model starts as the teacher ablation (aligned mean + fixed correction) and lets the teachers in only
+   * as far as that lowers the meta-loss.
+   */
+  contentGate: boolean;
 }
 
 export const DEFAULT_WEIGHTFORMER_CONFIG: WeightformerConfig = {
@@ -54,6 +60,7 @@ export const DEFAULT_WEIGHTFORMER_CONFIG: WeightformerConfig = {
   probeTokens: false,
   probeSize: 32,
   crossLayer: true,
+  contentGate: false,
 };
 
 /** The defaults with `partial` on top, validated. */
@@ -76,7 +83,7 @@ export function checkWeightformerConfig(c: WeightformerConfig): void {
   if (!(typeof c.mlpRatio === 'number' && c.mlpRatio > 0 && Number.isInteger(c.mlpRatio * c.d))) {
     throw new InputError(`weightformer.mlpRatio must be positive with mlpRatio·d an integer, got ${String(c.mlpRatio)}`);
   }
-  for (const k of ['teacherInput', 'mixing', 'probeTokens', 'crossLayer'] as const) {
+  for (const k of ['teacherInput', 'mixing', 'probeTokens', 'crossLayer', 'contentGate'] as const) {
     if (typeof c[k] !== 'boolean') throw new InputError(`weightformer.${k} must be a boolean`);
   }
 }
@@ -93,5 +100,6 @@ export function canonicalConfig(c: WeightformerConfig): WeightformerConfig {
     probeTokens: c.probeTokens,
     probeSize: c.probeSize,
     crossLayer: c.crossLayer,
+    contentGate: c.contentGate,
   };
 }

@@ -65,6 +65,7 @@ export function paramSpecs(arch: ArchitectureSpec, config: WeightformerConfig): 
     specs.push({ name: `in.${l}.w`, shape: [n, d], std: 1 / Math.sqrt(n) });
     specs.push({ name: `in.${l}.b`, shape: [d], std: 0 });
   });
+  if (config.contentGate) specs.push({ name: 'gate', shape: [d], std: 0 });
   specs.push({ name: 'emb.layer', shape: [layout.layers.length, d], std: 0.5 });
   specs.push({ name: 'emb.row', shape: [layout.totalRows, d], std: 0.5 });
   for (let i = 0; i < config.blocks; i++) {
@@ -220,6 +221,11 @@ function norm(x: tf.Tensor2D): tf.Tensor2D {
   return tf.mul(xc, tf.rsqrt(tf.add(variance, 1e-5)));
 }
 
+/** GELU (exact, via erf): smooth, so finite-difference checks of the whole model are meaningful. */
+function gelu(x: tf.Tensor): tf.Tensor {
+  return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
+}
+
 /** Multi-head attention within groups: `toGroups` maps [N, 3d] to q/k/v of [G·heads, n, dh] and back. */
 function attention(
   h: tf.Tensor2D,
@@ -261,7 +267,8 @@ export function studentRows(p: Params, c: ModelConstants, s: SetTensors): tf.Ten
   const perLayer = layout.layers.map((L, l) => {
     const x = s.tokens[l];
     if (!x) throw new Error(`weightformer: tokens of layer ${l} missing`);
-    const z = tf.add(tf.matMul(x, param(p, `in.${l}.w`) as tf.Tensor2D), param(p, `in.${l}.b`));
+    let z: tf.Tensor = tf.add(tf.matMul(x, param(p, `in.${l}.w`) as tf.Tensor2D), param(p, `in.${l}.b`));
+    if (config.contentGate) z = tf.mul(z, param(p, 'gate'));
     return tf.reshape(z, [T, L.rows, d]);
   });
   const embed = tf.add(param(p, 'emb.row'), tf.matMul(c.layerOneHot, param(p, 'emb.layer') as tf.Tensor2D));
@@ -270,7 +277,7 @@ export function studentRows(p: Params, c: ModelConstants, s: SetTensors): tf.Ten
   for (let i = 0; i < config.blocks; i++) {
     h = attention(h, param(p, `block.${i}.set.qkv`), param(p, `block.${i}.set.out`), heads, { outer: T, inner: R, across: 'teachers' }, null);
     h = attention(h, param(p, `block.${i}.row.qkv`), param(p, `block.${i}.row.out`), heads, { outer: T, inner: R, across: 'rows' }, c.mask);
-    const u = tf.relu(tf.add(tf.matMul(norm(h), param(p, `block.${i}.mlp.w1`) as tf.Tensor2D), param(p, `block.${i}.mlp.b1`)));
+    const u = gelu(tf.add(tf.matMul(norm(h), param(p, `block.${i}.mlp.w1`) as tf.Tensor2D), param(p, `block.${i}.mlp.b1`)));
     h = tf.add(h, tf.add(tf.matMul(u as tf.Tensor2D, param(p, `block.${i}.mlp.w2`) as tf.Tensor2D), param(p, `block.${i}.mlp.b2`)));
   }
   const hn = norm(h);
