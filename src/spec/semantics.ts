@@ -71,10 +71,10 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
       related: ['/weightformer/mode'],
     });
   }
-  if (spec.weightformer.mode === 'train' && zoo.count < 1) {
+  if (spec.weightformer.mode !== 'none' && zoo.count < 1) {
     problems.push({
       pointer: '/zoo/count', at: 'value',
-      message: "must be ≥ 1 when weightformer.mode is 'train': the WeightFormer is meta-trained on the zoo (got 0)",
+      message: `must be ≥ 1 when weightformer.mode is '${spec.weightformer.mode}': the WeightFormer is meta-trained on the zoo and keyed by it (got 0)`,
       related: ['/weightformer/mode'],
     });
   }
