@@ -56,11 +56,18 @@ export async function followPipeline(handle: WorkflowHandle, out: NodeJS.WriteSt
   let barStage: string | null = null;
   let lastLine = '';
   const stageStates = new Map<string, string>();
+  let cellsDone = -1;
   while (!done) {
     try {
       const status = await readLiveStatus(handle);
       const stage = status.progress?.stage ?? 'starting';
       const hb = status.heartbeat;
+      const cells = status.progress?.cells;
+      if (cells && cells.completed !== cellsDone) {
+        // A sweep's stages run in its child workflows; the parent reports cells.
+        cellsDone = cells.completed;
+        out.write(`sweep: ${cells.completed}/${cells.total} cells completed\n`);
+      }
       for (const [name, s] of Object.entries(status.progress?.stages ?? {})) {
         if (stageStates.get(name) !== s.state) {
           stageStates.set(name, s.state);

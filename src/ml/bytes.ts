@@ -132,3 +132,39 @@ export function verifyChecksum(bytes: Uint8Array, what: string): Uint8Array {
   if (!expected.equals(actual)) throw new InputError(`${what} is corrupt or truncated (checksum mismatch)`);
   return body;
 }
+
+/** How a versioned, checksummed container format names itself. */
+export interface ContainerFormat {
+  magic: string;
+  version: number;
+  /** e.g. "parameter file", used in error messages. */
+  what: string;
+  /** "a" or "an" before `what`. */
+  article?: 'a' | 'an';
+}
+
+/**
+ * Opens a container written by ByteWriter (magic, u32 version, …, sha256 trailer): checks the magic, the
+ * checksum and the version, and returns a reader positioned after the version. Every binary format of the
+ * library starts this way, so a damaged or foreign file gets the same clear InputError everywhere.
+ */
+export function openContainer(bytes: Uint8Array, format: ContainerFormat): ByteReader {
+  const { magic, version, what } = format;
+  if (bytes.length < 4 || Buffer.from(bytes.subarray(0, 4)).toString('latin1') !== magic) {
+    throw new InputError(`not ${format.article ?? 'a'} ${what} (expected magic ${magic})`);
+  }
+  const reader = new ByteReader(verifyChecksum(bytes, what), what);
+  reader.ascii(4);
+  const found = reader.u32();
+  if (found !== version) throw new InputError(`${what} version ${found} is not supported (expected ${version})`);
+  return reader;
+}
+
+/** Reads a length-prefixed JSON header; an unparsable one is an InputError naming the format. */
+export function readJsonHeader<T>(reader: ByteReader, what: string): T {
+  try {
+    return JSON.parse(reader.utf8()) as T;
+  } catch {
+    throw new InputError(`${what}: unreadable header`);
+  }
+}

@@ -19,7 +19,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { InputError } from '../util/errors';
-import { ByteReader, ByteWriter, verifyChecksum } from './bytes';
+import { ByteWriter, openContainer, readJsonHeader } from './bytes';
 import type { MlpParams } from './mlp';
 import { cloneParams } from './mlp';
 import { deserializeParams, serializeParams } from './params-io';
@@ -235,19 +235,8 @@ export function serializeEarlyStoppingState(s: EarlyStoppingState): Uint8Array {
 }
 
 export function deserializeEarlyStoppingState(bytes: Uint8Array): EarlyStoppingState {
-  if (bytes.length < 4 || Buffer.from(bytes.subarray(0, 4)).toString('latin1') !== MAGIC) {
-    throw new InputError(`not an ${WHAT} (expected magic ${MAGIC})`);
-  }
-  const r = new ByteReader(verifyChecksum(bytes, WHAT), WHAT);
-  r.ascii(4);
-  const version = r.u32();
-  if (version !== VERSION) throw new InputError(`${WHAT} version ${version} is not supported (expected ${VERSION})`);
-  let header: Header;
-  try {
-    header = JSON.parse(r.utf8()) as Header;
-  } catch {
-    throw new InputError(`${WHAT}: unreadable header`);
-  }
+  const r = openContainer(bytes, { magic: MAGIC, version: VERSION, what: WHAT, article: 'an' });
+  const header = readJsonHeader<Header>(r, WHAT);
   const train = deserializeTrainState(r.blob());
   const bestBytes = r.blob();
   r.expectEnd();

@@ -13,7 +13,7 @@
  */
 import { createHash } from 'node:crypto';
 import { InputError } from '../util/errors';
-import { ByteReader, ByteWriter, verifyChecksum } from './bytes';
+import { ByteWriter, openContainer } from './bytes';
 import type { Activation, MlpLayer, MlpParams } from './mlp';
 
 const MAGIC = 'WFMP';
@@ -74,14 +74,7 @@ export function serializeParams(p: MlpParams): Uint8Array {
 
 /** Parses and validates a parameter file; InputError says what is wrong with it. */
 export function deserializeParams(bytes: Uint8Array): MlpParams {
-  if (bytes.length < 4 || Buffer.from(bytes.subarray(0, 4)).toString('latin1') !== MAGIC) {
-    throw new InputError(`not a ${WHAT} (expected magic ${MAGIC})`);
-  }
-  const body = verifyChecksum(bytes, WHAT);
-  const r = new ByteReader(body, WHAT);
-  r.ascii(4);
-  const version = r.u32();
-  if (version !== VERSION) throw new InputError(`${WHAT} version ${version} is not supported (expected ${VERSION})`);
+  const r = openContainer(bytes, { magic: MAGIC, version: VERSION, what: WHAT });
   const activation = ACTIVATIONS[r.u32()];
   if (!activation) throw new InputError(`${WHAT}: unknown activation code`);
   const layerCount = r.u32();

@@ -32,7 +32,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { ArchitectureSpec } from '../spec/types';
 import { InputError } from '../util/errors';
-import { ByteReader, ByteWriter, verifyChecksum } from './bytes';
+import { ByteReader, ByteWriter, openContainer } from './bytes';
 import type { Activation, MlpLayer, MlpParams } from './mlp';
 import { checkArchitecture, checkParamsMatch } from './mlp';
 import { validateParams } from './params-io';
@@ -414,13 +414,7 @@ export function packTfjsModel(modelJson: object, weightsBin: Uint8Array): Uint8A
 
 /** Splits a packed artifact; InputError on a wrong magic or version, corruption, truncation or unreadable JSON. */
 export function unpackTfjsArtifact(bytes: Uint8Array): { modelJson: unknown; weightsBin: Uint8Array } {
-  if (bytes.length < 4 || Buffer.from(bytes.subarray(0, 4)).toString('latin1') !== MAGIC) {
-    throw new InputError(`not a ${ARTIFACT} (expected magic ${MAGIC})`);
-  }
-  const r = new ByteReader(verifyChecksum(bytes, ARTIFACT), ARTIFACT);
-  r.ascii(4);
-  const version = r.u32();
-  if (version !== VERSION) throw new InputError(`${ARTIFACT} version ${version} is not supported (expected ${VERSION})`);
+  const r = openContainer(bytes, { magic: MAGIC, version: VERSION, what: ARTIFACT });
   const text = r.utf8();
   const weightsBin = r.blob();
   r.expectEnd();

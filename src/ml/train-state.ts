@@ -6,7 +6,7 @@
  * f32 m and v per tensor (layer 0 w, layer 0 b, layer 1 w, …)  sha256 trailer.
  */
 import { InputError } from '../util/errors';
-import { ByteReader, ByteWriter, verifyChecksum } from './bytes';
+import { ByteWriter, openContainer, readJsonHeader } from './bytes';
 import type { MlpParams } from './mlp';
 import { deserializeParams, serializeParams } from './params-io';
 import type { RngState } from './rng';
@@ -96,19 +96,8 @@ function isCount(v: unknown): v is number {
 }
 
 export function deserializeTrainState(bytes: Uint8Array): TrainState {
-  if (bytes.length < 4 || Buffer.from(bytes.subarray(0, 4)).toString('latin1') !== MAGIC) {
-    throw new InputError(`not a ${WHAT} (expected magic ${MAGIC})`);
-  }
-  const r = new ByteReader(verifyChecksum(bytes, WHAT), WHAT);
-  r.ascii(4);
-  const version = r.u32();
-  if (version !== VERSION) throw new InputError(`${WHAT} version ${version} is not supported (expected ${VERSION})`);
-  let header: Header;
-  try {
-    header = JSON.parse(r.utf8()) as Header;
-  } catch {
-    throw new InputError(`${WHAT}: unreadable header`);
-  }
+  const r = openContainer(bytes, { magic: MAGIC, version: VERSION, what: WHAT });
+  const header = readJsonHeader<Header>(r, WHAT);
   if (
     typeof header.fingerprint !== 'string' ||
     ![header.step, header.epoch, header.batchIndex, header.adamT].every(isCount) ||

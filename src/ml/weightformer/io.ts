@@ -9,7 +9,7 @@
  */
 import type { ArchitectureSpec } from '../../spec/types';
 import { InputError } from '../../util/errors';
-import { ByteReader, ByteWriter, verifyChecksum } from '../bytes';
+import { ByteWriter, openContainer, readJsonHeader } from '../bytes';
 import { architectureSignature, checkArchitecture, checkParamsMatch } from '../mlp';
 import { deserializeParams, serializeParams } from '../params-io';
 import type { WeightformerConfig } from './config';
@@ -73,26 +73,20 @@ export function serializeWeightformer(m: WeightformerModel): Uint8Array {
   return out.finishWithChecksum();
 }
 
+/** Config fields newer than the file format, with the value that means "as before the field existed". */
+const ADDED_CONFIG_DEFAULTS: Partial<WeightformerConfig> = { contentGate: false, agreementStats: false };
+
 const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 
 /** Parses and validates a WeightFormer file. */
 export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel {
-  if (bytes.length < 4 || Buffer.from(bytes.subarray(0, 4)).toString('latin1') !== MAGIC) {
-    throw new InputError(`not a ${WHAT} (expected magic ${MAGIC})`);
-  }
-  const r = new ByteReader(verifyChecksum(bytes, WHAT), WHAT);
-  r.ascii(4);
-  const version = r.u32();
-  if (version !== VERSION) throw new InputError(`${WHAT} version ${version} is not supported (expected ${VERSION})`);
-  let header: Header;
-  try {
-    header = JSON.parse(r.utf8()) as Header;
-  } catch {
-    throw new InputError(`${WHAT}: unreadable header`);
-  }
+  const r = openContainer(bytes, { magic: MAGIC, version: VERSION, what: WHAT });
+  const header = readJsonHeader<Header>(r, WHAT);
   if (typeof header !== 'object' || header === null || typeof header.config !== 'object' || typeof header.arch !== 'object') {
     throw new InputError(`${WHAT}: inconsistent header`);
   }
+  // Fields added after files were first written default to the behaviour those files had.
+  header.config = { ...ADDED_CONFIG_DEFAULTS, ...header.config };
   checkWeightformerConfig(header.config);
   checkArchitecture(header.arch);
   const signature = architectureSignature(header.arch);

@@ -6,7 +6,7 @@
  *   f32 m  f32 v (flat, paramSpecs order)  [f32 best parameters]  sha256 trailer.
  */
 import { InputError } from '../../util/errors';
-import { ByteReader, ByteWriter, verifyChecksum } from '../bytes';
+import { ByteWriter, openContainer, readJsonHeader } from '../bytes';
 import type { RngState } from '../rng';
 import type { LossPoint } from '../train-state';
 import { deserializeWeightformer, serializeWeightformer } from './io';
@@ -79,19 +79,8 @@ export function serializeMetaTrainState(s: MetaTrainState): Uint8Array {
 const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
 
 export function deserializeMetaTrainState(bytes: Uint8Array): MetaTrainState {
-  if (bytes.length < 4 || Buffer.from(bytes.subarray(0, 4)).toString('latin1') !== MAGIC) {
-    throw new InputError(`not a ${WHAT} (expected magic ${MAGIC})`);
-  }
-  const r = new ByteReader(verifyChecksum(bytes, WHAT), WHAT);
-  r.ascii(4);
-  const version = r.u32();
-  if (version !== VERSION) throw new InputError(`${WHAT} version ${version} is not supported (expected ${VERSION})`);
-  let h: Header;
-  try {
-    h = JSON.parse(r.utf8()) as Header;
-  } catch {
-    throw new InputError(`${WHAT}: unreadable header`);
-  }
+  const r = openContainer(bytes, { magic: MAGIC, version: VERSION, what: WHAT });
+  const h = readJsonHeader<Header>(r, WHAT);
   if (
     typeof h !== 'object' || h === null ||
     typeof h.fingerprint !== 'string' ||
