@@ -3,15 +3,18 @@
  *
  * Data: the 10,000 embedded MNIST digits split by `splitDataset` into test 2,000 (used for nothing but the
  * final numbers), validation 1,000 (checkpoint choice), consolidation 1,000 (the only data meta-training
- * reads) and 24 disjoint shards of 250 digits: 18 zoo teachers and 6 held-out teachers (never in the zoo).
- * (The 20 × 500-digit zoo of the brief plus held-out teachers does not fit in 10,000 digits next to the
- * 4,000 evaluation digits.) Teachers are 784-64-10 ReLU MLPs trained with `trainMlp` on their own shard.
- * Held-out ensembles: all 15 T=4 subsets of the 6 held-out teachers.
+ * reads) and 12 disjoint shards of 500 digits. Held-out teachers (never in the zoo) each train on one of
+ * shards 6–11. The brief's 20 zoo teachers on their own disjoint 500-digit shards do not fit next to those
+ * (10,000 digits in all), so the 20 zoo teachers each train on a seeded 500-digit sample of the 3,000-digit
+ * pool of shards 0–5: they never see a held-out teacher's, the consolidation, validation or test digits,
+ * but overlap each other by ~1/6. Teachers are 784-64-10 ReLU MLPs trained with `trainMlp`.
+ * Held-out ensembles: all 15 T=4 subsets of the 6 held-out teachers (scored on the validation data to
+ * choose the checkpoint, on the test data for the numbers).
  *
  * Usage (after `npx tsc -p .`):
  *   node dist/bench/weightformer-probe.js teachers                       # train + cache the 24 teachers
  *   node dist/bench/weightformer-probe.js run NAME VARIANT SEED STEPS [key=value…]   # one meta-training
- *   node dist/bench/weightformer-probe.js report NAME…                   # the table, CIs, JSON
+ *   node dist/bench/weightformer-probe.js report GROUP…     # table + CIs over runs GROUP or GROUP-s<seed>
  * VARIANT: wf | ablation | mixing | probe | mixing-probe (config overrides as key=value, e.g. d=128 lr=3e-4).
  * Results go to bench/results/weightformer-probe/; teachers are cached in .weightformer/bench-cache/.
  */
@@ -21,6 +24,7 @@ import type { ArchitectureSpec } from '../src/spec/types';
 import {
   accuracyOfScores,
   alignToReference,
+  alignedAverage,
   averageParams,
   deserializeParams,
   ensembleProbs,
@@ -32,6 +36,7 @@ import {
   predictLogits,
   serializeParams,
   serializeWeightformer,
+  selectExamples,
   splitDataset,
   trainMlp,
   weightformerConfig,
@@ -41,17 +46,18 @@ import {
 import type { Dataset, DatasetSplit, MlpParams, WeightformerConfig } from '../src/ml';
 
 const ARCH: ArchitectureSpec = { family: 'mlp', inputSize: 784, hidden: [64], outputSize: 10, activation: 'relu' };
-const ZOO = 18;
+const ZOO = 20;
 const HELD_OUT = 6;
+const POOL_SHARDS = 6;
 const T_EVAL = 4;
-const SPLIT = { source: 'mnist-embedded' as const, shardSize: 250, consolidationSize: 1000, validationSize: 1000, testSize: 2000, splitSeed: 2024 };
+const SPLIT = { source: 'mnist-embedded' as const, shardSize: 500, consolidationSize: 1000, validationSize: 1000, testSize: 2000, splitSeed: 2024 };
 const TEACHER_TRAIN = { epochs: 20, batchSize: 32, learningRate: 2e-3 };
 const ROOT = path.resolve(__dirname, '..', '..');
 const CACHE = path.join(ROOT, '.weightformer', 'bench-cache', 'weightformer-probe');
 const RESULTS = path.join(ROOT, 'bench', 'results', 'weightformer-probe');
 
 function split(): DatasetSplit {
-  return splitDataset(loadEmbeddedMnist(), SPLIT, ZOO + HELD_OUT);
+  return splitDataset(loadEmbeddedMnist(), SPLIT, POOL_SHARDS + HELD_OUT);
 }
 
 async function teachers(s: DatasetSplit): Promise<MlpParams[]> {
@@ -63,12 +69,29 @@ async function teachers(s: DatasetSplit): Promise<MlpParams[]> {
       out.push(deserializeParams(readFileSync(file)));
       continue;
     }
-    const shard = s.shards[i] as Dataset;
+    const shard = i < ZOO ? zooShard(s, i) : (s.shards[POOL_SHARDS + i - ZOO] as Dataset);
     const r = await trainMlp({ arch: ARCH, init: initMlp(ARCH, deriveSeed(7, 'teacher-init', i)), train: shard, seed: deriveSeed(7, 'teacher', i), ...TEACHER_TRAIN });
     writeFileSync(file, serializeParams(r.params));
     out.push(r.params);
   }
   return out;
+}
+
+/** Zoo teacher i's data: a seeded sample of shardSize digits from the pool of shards 0..POOL_SHARDS-1. */
+function zooShard(s: DatasetSplit, i: number): Dataset {
+  const pool = s.shards.slice(0, POOL_SHARDS) as Dataset[];
+  const d = 784;
+  const n = pool.reduce((a, p) => a + p.n, 0);
+  const x = new Float32Array(n * d);
+  const y = new Int32Array(n);
+  let at = 0;
+  for (const p of pool) {
+    x.set(p.x, at * d);
+    y.set(p.y, at);
+    at += p.n;
+  }
+  const order = new Rng(deriveSeed(7, 'zoo-sample', i)).permutation(n);
+  return selectExamples({ x, y, n }, order.subarray(0, SPLIT.shardSize));
 }
 
 /** All k-subsets of 0..n-1 in lexicographic order. */
@@ -133,7 +156,9 @@ async function run(name: string, variant: string, seed: number, steps: number, o
   const zoo = all.slice(0, ZOO);
   const heldOut = all.slice(ZOO);
   const ensembles = subsets(HELD_OUT, T_EVAL).map((idx) => idx.map((i) => heldOut[i] as MlpParams));
-  const hyper: Record<string, number> = { batchSize: 256, learningRate: 1e-3, tMin: 2, tMax: 6, temperature: 2, kdWeight: 0.5, evalEvery: 50 };
+  // consolidationN < 1000: meta-train on only the first consolidationN consolidation digits (a regime where
+  // the consolidation data is scarcer relative to the teachers' own data).
+  const hyper: Record<string, number> = { batchSize: 256, learningRate: 1e-3, tMin: 2, tMax: 6, temperature: 2, kdWeight: 0.5, evalEvery: 50, consolidationN: SPLIT.consolidationSize };
   const cfgOverrides: Record<string, number | boolean> = {};
   for (const kv of overrides) {
     const [k = '', v = ''] = kv.split('=');
@@ -152,8 +177,8 @@ async function run(name: string, variant: string, seed: number, steps: number, o
       arch: ARCH,
       config,
       zoo,
-      reference: zoo[0] as MlpParams,
-      consolidation: s.consolidation,
+      reference: alignedAverage(zoo, 0),
+      consolidation: selectExamples(s.consolidation, Array.from({ length: Math.min(s.consolidation.n, hyper['consolidationN'] ?? s.consolidation.n) }, (_, i) => i)),
       validation: { ensembles, data: s.validation },
       steps,
       batchSize: hyper['batchSize'] ?? 256,
@@ -205,6 +230,7 @@ interface Baselines {
   ensemble: string[];
   alignedAverage: string[];
   alignedAverageOwn: string[];
+  alignedAverageZoo0: string[];
   dataOnly: string;
 }
 
@@ -218,13 +244,15 @@ async function baselines(): Promise<Baselines> {
   const heldOut = all.slice(ZOO);
   const idx = subsets(HELD_OUT, T_EVAL);
   const singleC = await Promise.all(heldOut.map(async (t) => toB64(correctness(await predictLogits(t, s.test), s.test))));
-  const ref = zoo[0] as MlpParams;
-  const out: Baselines = { single: [], ensemble: [], alignedAverage: [], alignedAverageOwn: [], dataOnly: '' };
+  const ref = alignedAverage(zoo, 0);
+  const zoo0 = zoo[0] as MlpParams;
+  const out: Baselines = { single: [], ensemble: [], alignedAverage: [], alignedAverageOwn: [], alignedAverageZoo0: [], dataOnly: '' };
   for (const ix of idx) {
     const e = ix.map((i) => heldOut[i] as MlpParams);
     out.single.push(ix.map((i) => singleC[i] as string));
     out.ensemble.push(toB64(correctness(await ensembleProbs(e, s.test), s.test)));
     out.alignedAverage.push(toB64(correctness(await predictLogits(averageParams(e.map((t) => alignToReference(ref, t))), s.test), s.test)));
+    out.alignedAverageZoo0.push(toB64(correctness(await predictLogits(averageParams(e.map((t) => alignToReference(zoo0, t))), s.test), s.test)));
     const own = e[0] as MlpParams;
     out.alignedAverageOwn.push(toB64(correctness(await predictLogits(averageParams(e.map((t) => alignToReference(own, t))), s.test), s.test)));
   }
@@ -267,56 +295,95 @@ function pairedCi(a: Uint8Array[], b: Uint8Array[], seed = 1, reps = 2000): [num
   return [stats[Math.floor(0.025 * reps)] ?? 0, stats[Math.floor(0.975 * reps)] ?? 0];
 }
 
-async function report(names: string[]): Promise<void> {
+/** Runs of a group: `NAME.json`, or `NAME-s<seed>.json` for every seed run. */
+function loadGroup(group: string): RunRecord[] {
+  const exact = path.join(RESULTS, `${group}.json`);
+  if (existsSync(exact)) return [JSON.parse(readFileSync(exact, 'utf8')) as RunRecord];
+  const files = readdirSync(RESULTS).filter((f) => f.startsWith(`${group}-s`) && /^\d+\.json$/.test(f.slice(group.length + 2)));
+  if (files.length === 0) throw new Error(`no runs for ${group}`);
+  return files.sort().map((f) => JSON.parse(readFileSync(path.join(RESULTS, f), 'utf8')) as RunRecord);
+}
+
+const sd = (a: number[]): number => {
+  const m = meanOf(a);
+  return a.length > 1 ? Math.sqrt(a.reduce((s, x) => s + (x - m) ** 2, 0) / (a.length - 1)) : 0;
+};
+
+/**
+ * The table and the comparisons for groups of runs (each group: one variant over meta-training seeds).
+ * Intervals: 95% paired bootstrap over test digits of the difference averaged over seeds and ensembles.
+ */
+async function report(groups: string[]): Promise<void> {
   const b = await baselines();
   const dec = (list: string[]): Uint8Array[] => list.map(fromB64);
   const acc = (c: Uint8Array): number => c.reduce((x, y) => x + y, 0) / c.length;
-  const singlePerEnsemble = b.single.map((list) => meanOf(list.map((s) => acc(fromB64(s)))));
-  const rows: Array<[string, number, string]> = [];
   const ens = dec(b.ensemble);
-  const single = meanOf(singlePerEnsemble);
+  const single = meanOf(b.single.map((list) => meanOf(list.map((s) => acc(fromB64(s))))));
   const ensembleAcc = meanOf(ens.map(acc));
   const gain = (x: number): string => `${(((x - single) / (ensembleAcc - single)) * 100).toFixed(0)}%`;
-  rows.push(['mean single teacher', single, '']);
-  rows.push(['ensemble (T=4, averaged softmax)', ensembleAcc, '']);
-  rows.push(['aligned average (WF reference)', meanOf(dec(b.alignedAverage).map(acc)), '']);
-  rows.push(['aligned average (own first teacher)', meanOf(dec(b.alignedAverageOwn).map(acc)), '']);
-  rows.push(['data-only (consolidation set)', acc(fromB64(b.dataOnly)), '']);
-  const recs = names.map((n) => JSON.parse(readFileSync(path.join(RESULTS, `${n}.json`), 'utf8')) as RunRecord);
-  for (const r of recs) rows.push([`${r.name} (best step ${r.bestStep}, ${r.msPerStep.toFixed(0)} ms/step, ${r.metaTrainSeconds.toFixed(0)} s)`, meanOf(r.testAccuracy), '']);
   const lines: string[] = [];
-  lines.push(`| model | test accuracy (mean over ${ens.length} held-out T=${T_EVAL} ensembles) | gain captured |`);
-  lines.push('|---|---|---|');
-  for (const [label, a] of rows) lines.push(`| ${label} | ${(100 * a).toFixed(2)}% | ${gain(a)} |`);
+  lines.push(`| model | test accuracy, mean over ${ens.length} held-out T=${T_EVAL} ensembles (± sd over meta-training seeds) | gain captured | best step | ms/step | meta-training s |`);
+  lines.push('|---|---|---|---|---|---|');
+  const base = (label: string, a: number): void => void lines.push(`| ${label} | ${(100 * a).toFixed(2)}% | ${gain(a)} | | | |`);
+  base('mean single teacher', single);
+  base(`ensemble (T=${T_EVAL}, averaged softmax)`, ensembleAcc);
+  base('aligned average to the WF reference (zoo barycenter)', meanOf(dec(b.alignedAverage).map(acc)));
+  base('aligned average to one zoo teacher', meanOf(dec(b.alignedAverageZoo0).map(acc)));
+  base("aligned average to the ensemble's first teacher", meanOf(dec(b.alignedAverageOwn).map(acc)));
+  base('data-only (784-64-10 on the consolidation set, epochs chosen on validation)', acc(fromB64(b.dataOnly)));
+  const runs = new Map<string, RunRecord[]>(groups.map((g) => [g, loadGroup(g)]));
+  for (const [g, rs] of runs) {
+    const accs = rs.map((r) => meanOf(r.testAccuracy));
+    lines.push(
+      `| ${g} (${rs.length} seed${rs.length > 1 ? 's' : ''}) | ${(100 * meanOf(accs)).toFixed(2)}% ± ${(100 * sd(accs)).toFixed(2)} | ${gain(meanOf(accs))} | ` +
+        `${rs.map((r) => r.bestStep).join(', ')} | ${meanOf(rs.map((r) => r.msPerStep)).toFixed(0)} | ${meanOf(rs.map((r) => r.metaTrainSeconds)).toFixed(0)} |`,
+    );
+  }
   lines.push('');
-  const byVariant = new Map<string, RunRecord[]>();
-  for (const r of recs) byVariant.set(r.variant, [...(byVariant.get(r.variant) ?? []), r]);
-  const ablations = recs.filter((r) => !r.config.teacherInput);
-  for (const r of recs) {
-    if (!r.config.teacherInput) continue;
-    const against = ablations.find((a) => a.seed === r.seed && a.steps === r.steps && a.config.mixing === r.config.mixing) ?? ablations.find((a) => a.seed === r.seed && a.steps === r.steps);
-    const wf = dec(r.test);
-    const vs: Array<[string, Uint8Array[]]> = [['ensemble', ens], ['aligned average', dec(b.alignedAverage)]];
-    if (against) vs.unshift([`ablation ${against.name}`, dec(against.test)]);
-    for (const [label, other] of vs) {
-      const d = meanOf(wf.map(acc)) - meanOf(other.map(acc));
-      const [lo, hi] = pairedCi(wf, other);
-      lines.push(`${r.name} − ${label}: ${(100 * d).toFixed(2)} points, 95% CI [${(100 * lo).toFixed(2)}, ${(100 * hi).toFixed(2)}]`);
+  // Per-example correctness averaged over seeds and ensembles, for paired comparisons.
+  const pooled = (rs: RunRecord[]): Uint8Array[] => rs.flatMap((r) => dec(r.test));
+  const ablationGroup = groups.find((g) => (runs.get(g)?.[0]?.config.teacherInput ?? true) === false);
+  for (const [g, rs] of runs) {
+    const mine = pooled(rs);
+    const seeds = rs.length;
+    const others: Array<[string, Uint8Array[]]> = [];
+    if (ablationGroup && ablationGroup !== g) {
+      const abl = runs.get(ablationGroup) ?? [];
+      // Pair seed with seed (same subsets and batches), so the comparison isolates the teacher input.
+      const bySeed = new Map(abl.map((r) => [r.seed, r]));
+      const paired = rs.filter((r) => bySeed.has(r.seed));
+      if (paired.length > 0) {
+        others.push([`${ablationGroup} (paired seeds)`, paired.flatMap((r) => dec((bySeed.get(r.seed) as RunRecord).test))]);
+      }
+    }
+    const repeat = (xs: Uint8Array[]): Uint8Array[] => Array.from({ length: seeds }, () => xs).flat();
+    others.push(['ensemble', repeat(ens)], ['aligned average (WF reference)', repeat(dec(b.alignedAverage))], ['data-only', repeat(ens.map(() => fromB64(b.dataOnly)))]);
+    for (const [label, other] of others) {
+      const a = label.includes('paired seeds') ? pooled(rs.filter((r) => (runs.get(ablationGroup ?? '') ?? []).some((x) => x.seed === r.seed))) : mine;
+      const d = meanOf(a.map(acc)) - meanOf(other.map(acc));
+      const [lo, hi] = pairedCi(a, other);
+      lines.push(`- ${g} − ${label}: ${d >= 0 ? '+' : ''}${(100 * d).toFixed(2)} points, 95% CI [${(100 * lo).toFixed(2)}, ${(100 * hi).toFixed(2)}]`);
     }
   }
+  lines.push('');
   // Does the student follow teacher quality? Correlation over ensembles of student vs ensemble accuracy.
-  for (const r of recs) {
-    const x = ens.map(acc);
-    const y = r.testAccuracy;
+  const x = ens.map(acc);
+  for (const [g, rs] of runs) {
+    const y = x.map((_, e) => meanOf(rs.map((r) => r.testAccuracy[e] ?? 0)));
     const mx = meanOf(x);
     const my = meanOf(y);
-    let sxy = 0, sxx = 0, syy = 0;
+    let sxy = 0;
+    let sxx = 0;
+    let syy = 0;
     x.forEach((xi, i) => {
       sxy += (xi - mx) * ((y[i] ?? 0) - my);
       sxx += (xi - mx) ** 2;
       syy += ((y[i] ?? 0) - my) ** 2;
     });
-    lines.push(`${r.name}: corr(student, ensemble accuracy) over ensembles = ${(sxy / Math.sqrt(sxx * syy)).toFixed(2)}; range ${(100 * Math.min(...y)).toFixed(1)}–${(100 * Math.max(...y)).toFixed(1)}%`);
+    lines.push(
+      `- ${g}: corr(student, ensemble) over the ${x.length} ensembles = ${(sxy / Math.sqrt(sxx * syy)).toFixed(2)}; ` +
+        `students ${(100 * Math.min(...y)).toFixed(1)}–${(100 * Math.max(...y)).toFixed(1)}% for ensembles ${(100 * Math.min(...x)).toFixed(1)}–${(100 * Math.max(...x)).toFixed(1)}%`,
+    );
   }
   const text = lines.join('\n');
   process.stdout.write(`${text}\n`);
@@ -337,7 +404,7 @@ async function main(): Promise<void> {
     const [name = 'run', variant = 'wf', seed = '1', steps = '600', ...rest] = args;
     await run(name, variant, Number(seed), Number(steps), rest);
   } else if (cmd === 'report') {
-    await report(args.length > 0 ? args : readdirSync(RESULTS).filter((f) => f.endsWith('.json') && f !== 'baselines.json').map((f) => f.slice(0, -5)));
+    await report(args);
   } else {
     throw new Error('usage: weightformer-probe teachers | run NAME VARIANT SEED STEPS [k=v…] | report [NAME…]');
   }

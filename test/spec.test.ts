@@ -67,7 +67,7 @@ const MINIMAL_DEFAULTED: PipelineSpec = {
   zoo: { count: 0, train: { epochs: 3, batchSize: 64, learningRate: 0.001, checkpointEvery: 20 } },
   weightformer: {
     mode: 'none', validationTeachers: 4, validationEnsembles: 3,
-    model: { d: 64, heads: 4, blocks: 2, mlpRatio: 2, mixing: true, probeTokens: false },
+    model: { d: 64, heads: 4, blocks: 2, mlpRatio: 2, mixing: true, probeTokens: false, agreementStats: true, contentGate: true },
     train: { steps: 300, batchSize: 128, learningRate: 0.001, tMin: 2, tMax: 6, temperature: 2, kdWeight: 0.5, checkpointEvery: 25, evalEvery: 50 },
   },
   generate: { method: 'aligned-average' },

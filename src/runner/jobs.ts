@@ -18,6 +18,7 @@ import {
   serializeMetaTrainState,
   deserializeMetaTrainState,
   weightformerConfig,
+  zooReference,
 } from '../ml/weightformer';
 
 /** What a job may do besides computing: report progress, checkpoint, read what the last attempt saved. */
@@ -332,10 +333,10 @@ const metaTrainJob: Job<{ spec: PipelineSpec; zoo: string[]; validation: string[
   const result = await metaTrain(
     {
       arch: spec.architecture,
-      config: weightformerConfig({ d: m.d, heads: m.heads, blocks: m.blocks, mlpRatio: m.mlpRatio, mixing: m.mixing, probeTokens: m.probeTokens, teacherInput }),
+      config: weightformerConfig({ d: m.d, heads: m.heads, blocks: m.blocks, mlpRatio: m.mlpRatio, mixing: m.mixing, probeTokens: m.probeTokens, agreementStats: m.agreementStats, contentGate: m.contentGate, teacherInput }),
       zoo: zooParams,
-      // The zoo's first teacher is the alignment reference, stored with the model.
-      reference: zooParams[0]!,
+      // The zoo's barycenter is the alignment reference, stored with the model (see zooReference for why).
+      reference: zooReference(zooParams),
       consolidation: split.consolidation,
       validation: { ensembles: validationEnsembles(spec, validationParams), data: split.validation },
       steps: t.steps,

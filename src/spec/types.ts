@@ -62,6 +62,8 @@ export interface WeightformerModelSpec {
   mlpRatio: number;
   mixing: boolean;
   probeTokens: boolean;
+  agreementStats: boolean;
+  contentGate: boolean;
 }
 
 export interface WeightformerTrainSpec {

@@ -48,6 +48,14 @@ export interface WeightformerConfig {
    * as far as that lowers the meta-loss.
    */
   contentGate: boolean;
+  /**
+   * Per-row disagreement statistics appended to each token, relative to the other teachers of the set:
+   * cosine and relative distance of the row to their mean, cosine of the unit's outgoing weights to
+   * theirs, and (with probe tokens) the correlation of its probe activations to theirs. They say how well
+   * each teacher's unit matched the reference after alignment, which is what a good per-teacher mixing
+   * weight needs (a hand-set softmax(5·cosine) weighting already lifts the aligned average).
+   */
+  agreementStats: boolean;
 }
 
 export const DEFAULT_WEIGHTFORMER_CONFIG: WeightformerConfig = {
@@ -61,6 +69,7 @@ export const DEFAULT_WEIGHTFORMER_CONFIG: WeightformerConfig = {
   probeSize: 32,
   crossLayer: true,
   contentGate: false,
+  agreementStats: false,
 };
 
 /** The defaults with `partial` on top, validated. */
@@ -83,7 +92,7 @@ export function checkWeightformerConfig(c: WeightformerConfig): void {
   if (!(typeof c.mlpRatio === 'number' && c.mlpRatio > 0 && Number.isInteger(c.mlpRatio * c.d))) {
     throw new InputError(`weightformer.mlpRatio must be positive with mlpRatio·d an integer, got ${String(c.mlpRatio)}`);
   }
-  for (const k of ['teacherInput', 'mixing', 'probeTokens', 'crossLayer', 'contentGate'] as const) {
+  for (const k of ['teacherInput', 'mixing', 'probeTokens', 'crossLayer', 'contentGate', 'agreementStats'] as const) {
     if (typeof c[k] !== 'boolean') throw new InputError(`weightformer.${k} must be a boolean`);
   }
 }
@@ -101,5 +110,6 @@ export function canonicalConfig(c: WeightformerConfig): WeightformerConfig {
     probeSize: c.probeSize,
     crossLayer: c.crossLayer,
     contentGate: c.contentGate,
+    agreementStats: c.agreementStats,
   };
 }

@@ -6,6 +6,7 @@ export { DEFAULT_WEIGHTFORMER_CONFIG, weightformerConfig, checkWeightformerConfi
 export type { WeightformerModel, ParamSpec } from './model';
 export { initWeightformer, paramSpecs, paramCountOf } from './model';
 export { generateStudent } from './generate';
+export { zooReference } from './reference';
 export { serializeWeightformer, deserializeWeightformer } from './io';
 export type { MetaTrainOptions, MetaTrainHooks, MetaTrainResult, MetaStepInfo } from './meta-train';
 export { metaTrain, MetaTrainingAbortedError, flattenWeightformerParams, withFlatParams, probeBatch } from './meta-train';

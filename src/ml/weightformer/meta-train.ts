@@ -44,7 +44,7 @@ export interface MetaTrainOptions {
   config: WeightformerConfig;
   /** The meta-training pool (at least 2, at least tMax). */
   zoo: MlpParams[];
-  /** The alignment target, stored with the model (usually a zoo member). */
+  /** The alignment target, stored with the model: `zooReference(zoo)` (see there for why). */
   reference: MlpParams;
   /** The only data meta-training reads (batches, and the probe batch of probe tokens). */
   consolidation: Dataset;
@@ -376,4 +376,3 @@ export async function metaTrain(o: MetaTrainOptions, hooks: MetaTrainHooks = {},
   }
 }
 
-export type { WeightformerConfig };

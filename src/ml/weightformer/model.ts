@@ -21,7 +21,7 @@ import { InputError } from '../../util/errors';
 import { alignToReference } from '../align';
 import type { Dataset } from '../data';
 import { featureSize } from '../data';
-import type { MlpParams } from '../mlp';
+import type { MlpParams, MlpTensors } from '../mlp';
 import { architectureSignature, checkArchitecture, checkParamsMatch } from '../mlp';
 import { Rng } from '../rng';
 import { matMulT } from '../matmul';
@@ -339,7 +339,7 @@ export function asParams(names: string[], tensors: tf.Tensor[]): Params {
 }
 
 /** The student rows as MLP tensors (w = first inSize columns transposed, b = last column). */
-export function rowsToMlpTensors(rows: tf.Tensor2D[], layout: Layout, activation: MlpParams['activation']): import('../mlp').MlpTensors {
+export function rowsToMlpTensors(rows: tf.Tensor2D[], layout: Layout, activation: MlpParams['activation']): MlpTensors {
   return {
     activation,
     layers: layout.layers.map((L, l) => {

@@ -39,9 +39,12 @@ export function layoutOf(arch: ArchitectureSpec): Layout {
   return { layers, totalRows: offset };
 }
 
-/** Values per token of a layer: the row, plus the probe activations when the model reads them. */
+/** Disagreement statistics per token with `agreementStats` (see `agreementFeatures`). */
+export const AGREEMENT_FEATURES = 4;
+
+/** Values per token of a layer: the row, the probe activations and the disagreement statistics, as enabled. */
 export function tokenSize(layer: LayerLayout, config: WeightformerConfig): number {
-  return layer.rowSize + (config.probeTokens ? config.probeSize : 0);
+  return layer.rowSize + (config.probeTokens ? config.probeSize : 0) + (config.agreementStats ? AGREEMENT_FEATURES : 0);
 }
 
 /**
@@ -205,6 +208,8 @@ export interface TeacherFeatures {
   rows: Float32Array[];
   /** Per layer rows × tokenSize: what the encoder reads (zeros in the teacher ablation). */
   tokens: Float32Array[];
+  /** Per layer rows × probe n: pre-activations on the probe batch, when the model has one. */
+  acts: Float32Array[] | null;
 }
 
 export function teacherFeatures(layout: Layout, config: WeightformerConfig, stats: ZooStats, aligned: MlpParams): TeacherFeatures {
@@ -231,7 +236,7 @@ export function teacherFeatures(layout: Layout, config: WeightformerConfig, stat
     }
     return out;
   });
-  return { rows, tokens };
+  return { rows, tokens, acts };
 }
 
 /** The host arrays of one forward pass over a set of T teachers. */
@@ -252,6 +257,7 @@ export function assembleSet(layout: Layout, config: WeightformerConfig, set: Tea
     const size = L.rows * tokenSize(L, config);
     const out = new Float32Array(T * size);
     set.forEach((f, t) => out.set(f.tokens[l] ?? new Float32Array(size), t * size));
+    if (config.agreementStats && config.teacherInput) agreementFeatures(layout, config, set, l, out);
     return out;
   });
   const base = layout.layers.map((L, l) => {
@@ -277,4 +283,99 @@ export function assembleSet(layout: Layout, config: WeightformerConfig, set: Tea
       })
     : null;
   return { T, tokens, base, rowsRDT };
+}
+
+function cosine(a: Float64Array | Float32Array, b: Float64Array, from: number, to: number, offsetA: number, offsetB: number): number {
+  let s = 0;
+  let na = 0;
+  let nb = 0;
+  for (let k = from; k < to; k++) {
+    const x = a[offsetA + k] ?? 0;
+    const y = b[offsetB + k] ?? 0;
+    s += x * y;
+    na += x * x;
+    nb += y * y;
+  }
+  return na > 0 && nb > 0 ? s / Math.sqrt(na * nb) : 0;
+}
+
+/**
+ * Writes, into the last AGREEMENT_FEATURES slots of each token of layer l (T × rows × tokenSize), how
+ * teacher t's unit r compares with the mean of the *other* teachers' unit r: [cosine of the rows, their
+ * relative distance (capped at 4), cosine of the outgoing weights (hidden units; 0 for output rows),
+ * correlation of the probe pre-activations (0 without probe tokens)]. Symmetric in the other teachers, so
+ * the model stays invariant to teacher order; all zeros for a single teacher.
+ */
+function agreementFeatures(layout: Layout, config: WeightformerConfig, set: TeacherFeatures[], l: number, out: Float32Array): void {
+  const T = set.length;
+  if (T < 2) return;
+  const L = layout.layers[l];
+  if (!L) return;
+  const size = tokenSize(L, config);
+  const at = size - AGREEMENT_FEATURES;
+  const next = layout.layers[l + 1];
+  const sumOf = (pick: (f: TeacherFeatures) => Float32Array | undefined, n: number): Float64Array => {
+    const acc = new Float64Array(n);
+    for (const f of set) {
+      const a = pick(f);
+      if (a) for (let i = 0; i < n; i++) acc[i] = (acc[i] ?? 0) + (a[i] ?? 0);
+    }
+    return acc;
+  };
+  const rowSum = sumOf((f) => f.rows[l], L.rows * L.rowSize);
+  const nextSum = next ? sumOf((f) => f.rows[l + 1], next.rows * next.rowSize) : null;
+  const probeN = set[0]?.acts ? (set[0].acts[l]?.length ?? 0) / L.rows : 0;
+  const actSum = probeN > 0 ? sumOf((f) => f.acts?.[l], L.rows * probeN) : null;
+  set.forEach((f, t) => {
+    const row = f.rows[l] ?? new Float32Array();
+    // Leave-one-out means, per unit.
+    const others = new Float64Array(L.rowSize);
+    for (let r = 0; r < L.rows; r++) {
+      for (let k = 0; k < L.rowSize; k++) others[k] = ((rowSum[r * L.rowSize + k] ?? 0) - (row[r * L.rowSize + k] ?? 0)) / (T - 1);
+      const cos = cosine(row, others, 0, L.rowSize, r * L.rowSize, 0);
+      let dist = 0;
+      let norm = 0;
+      for (let k = 0; k < L.rowSize; k++) {
+        dist += ((row[r * L.rowSize + k] ?? 0) - (others[k] ?? 0)) ** 2;
+        norm += (others[k] ?? 0) ** 2;
+      }
+      const rel = norm > 0 ? Math.min(4, Math.sqrt(dist / norm)) : 0;
+      let outCos = 0;
+      const nextRows = f.rows[l + 1];
+      if (next && nextSum && nextRows) {
+        // Unit r's outgoing weights: entry r of every row of the next layer.
+        const mine = new Float64Array(next.rows);
+        const theirs = new Float64Array(next.rows);
+        for (let c = 0; c < next.rows; c++) {
+          mine[c] = nextRows[c * next.rowSize + r] ?? 0;
+          theirs[c] = ((nextSum[c * next.rowSize + r] ?? 0) - (mine[c] ?? 0)) / (T - 1);
+        }
+        outCos = cosine(mine, theirs, 0, next.rows, 0, 0);
+      }
+      let actCorr = 0;
+      const acts = f.acts?.[l];
+      if (actSum && acts) {
+        const a = new Float64Array(probeN);
+        const b = new Float64Array(probeN);
+        let ma = 0;
+        let mb = 0;
+        for (let e = 0; e < probeN; e++) {
+          a[e] = acts[r * probeN + e] ?? 0;
+          b[e] = ((actSum[r * probeN + e] ?? 0) - (a[e] ?? 0)) / (T - 1);
+          ma += (a[e] ?? 0) / probeN;
+          mb += (b[e] ?? 0) / probeN;
+        }
+        for (let e = 0; e < probeN; e++) {
+          a[e] = (a[e] ?? 0) - ma;
+          b[e] = (b[e] ?? 0) - mb;
+        }
+        actCorr = cosine(a, b, 0, probeN, 0, 0);
+      }
+      const base = (t * L.rows + r) * size + at;
+      out[base] = cos;
+      out[base + 1] = rel;
+      out[base + 2] = outCos;
+      out[base + 3] = actCorr;
+    }
+  });
 }
