@@ -1,0 +1,253 @@
+/**
+ * Aligning CNN teachers' channels and hidden units to a reference teacher, and averaging them.
+ *
+ * The same weight matching as `align.ts` (Git Re-Basin), with conv output channels as the units: a
+ * channel's signature is its kernel slice, bias and BN entries (incoming) plus the next layer's weights
+ * that read it (outgoing: the next conv's input-channel slice, or, after the last block, every row of the
+ * first dense layer that holds this channel — rows (i·w + j)·c + ch, the flatten being HWC). Permuting a
+ * channel consistently through kernel, bias, BN entries and its readers does not change the network's
+ * function, in either BN mode (batch statistics are per channel too).
+ */
+import { InputError } from '../../util/errors';
+import { maximizeAssignment } from '../align';
+import type { CnnParams } from './architecture';
+import { cloneCnnParams, cnnSignature } from './architecture';
+import { cnnParamArrays } from './io';
+
+/** Passes over all layers; weight matching typically settles in 2–4 (as in align.ts). */
+const MAX_PASSES = 10;
+
+/** One permutation per permutable layer: each conv block, then each hidden dense layer. `perm[i]` is the old index of new unit i. */
+export type CnnPermutations = Int32Array[];
+
+function permutableCount(p: CnnParams): number {
+  return p.convs.length + p.dense.length - 1;
+}
+
+function checkSameArchitecture(list: CnnParams[]): void {
+  const first = list[0];
+  if (!first) throw new InputError('need at least one model');
+  const sig = cnnSignature(first);
+  for (const p of list) {
+    const other = cnnSignature(p);
+    if (other !== sig) throw new InputError(`models differ in architecture: ${sig} vs ${other}`);
+  }
+}
+
+function unitsOf(p: CnnParams, g: number): number {
+  const c = p.convs[g];
+  if (c) return c.outChannels;
+  const d = p.dense[g - p.convs.length];
+  if (!d) throw new Error(`layer ${g} missing`);
+  return d.outSize;
+}
+
+/** Positions (h·w) per channel in the flatten before the head. */
+function flatPositions(p: CnnParams): number {
+  const last = p.convs[p.convs.length - 1];
+  const first = p.dense[0];
+  if (!last || !first) throw new Error('a CNN needs a conv block and a dense layer');
+  return first.inSize / last.outChannels;
+}
+
+/** `perm` of a layer's outputs, or undefined for the output layer (never permuted). */
+function outputPerm(perms: CnnPermutations, g: number): Int32Array | undefined {
+  return perms[g];
+}
+
+/**
+ * How dense layer d's input rows move: the previous hidden layer's permutation, or for the first dense
+ * layer the last block's channel permutation repeated at every flattened position (channel fastest).
+ */
+function denseInputPerm(p: CnnParams, perms: CnnPermutations, d: number): Int32Array | undefined {
+  if (d > 0) return perms[p.convs.length + d - 1];
+  const channelPerm = perms[p.convs.length - 1];
+  if (!channelPerm) return undefined;
+  const c = channelPerm.length;
+  const positions = flatPositions(p);
+  const rows = new Int32Array(positions * c);
+  for (let s = 0; s < positions; s++) for (let ch = 0; ch < c; ch++) rows[s * c + ch] = s * c + (channelPerm[ch] ?? 0);
+  return rows;
+}
+
+const at = (perm: Int32Array | undefined, i: number): number => (perm ? (perm[i] ?? 0) : i);
+
+/**
+ * Each unit's signature in layer g of `p` as rows of an units × features matrix, with `p`'s neighbouring
+ * layers read through `perms` (identity for the reference), so reference and teacher features line up.
+ */
+function unitFeatures(p: CnnParams, perms: CnnPermutations, g: number): { features: Float64Array; size: number } {
+  const units = unitsOf(p, g);
+  const rows: number[][] = Array.from({ length: units }, () => []);
+  const conv = p.convs[g];
+  if (conv) {
+    const inPerm = g > 0 ? perms[g - 1] : undefined;
+    const taps = conv.kernelSize * conv.kernelSize;
+    const { inChannels: cin, outChannels: cout } = conv;
+    rows.forEach((row, u) => {
+      for (let t = 0; t < taps; t++) for (let ci = 0; ci < cin; ci++) row.push(conv.kernel[(t * cin + at(inPerm, ci)) * cout + u] ?? 0);
+      row.push(conv.bias[u] ?? 0);
+      if (conv.bn) row.push(conv.bn.gamma[u] ?? 0, conv.bn.beta[u] ?? 0, conv.bn.runningMean[u] ?? 0, conv.bn.runningVar[u] ?? 0);
+    });
+  } else {
+    const d = g - p.convs.length;
+    const layer = p.dense[d];
+    if (!layer) throw new Error(`layer ${g} missing`);
+    const inPerm = denseInputPerm(p, perms, d);
+    rows.forEach((row, u) => {
+      for (let i = 0; i < layer.inSize; i++) row.push(layer.w[at(inPerm, i) * layer.outSize + u] ?? 0);
+      row.push(layer.b[u] ?? 0);
+    });
+  }
+  // Outgoing: how the next layer reads each unit, its outputs matched by their permutation.
+  const nextPerm = outputPerm(perms, g + 1);
+  const nextConv = p.convs[g + 1];
+  if (nextConv) {
+    const taps = nextConv.kernelSize * nextConv.kernelSize;
+    const { inChannels: cin, outChannels: cout } = nextConv;
+    rows.forEach((row, u) => {
+      for (let t = 0; t < taps; t++) for (let co = 0; co < cout; co++) row.push(nextConv.kernel[(t * cin + u) * cout + at(nextPerm, co)] ?? 0);
+    });
+  } else {
+    const d = g + 1 - p.convs.length;
+    const next = p.dense[d];
+    if (!next) throw new Error(`layer ${g + 1} missing`);
+    const o = next.outSize;
+    // After the last block a channel is read at every flattened position; a hidden unit at one row.
+    const positions = d === 0 ? flatPositions(p) : 1;
+    rows.forEach((row, u) => {
+      for (let s = 0; s < positions; s++) {
+        const r = s * units + u;
+        for (let c = 0; c < o; c++) row.push(next.w[r * o + at(nextPerm, c)] ?? 0);
+      }
+    });
+  }
+  const size = rows[0]?.length ?? 0;
+  const features = new Float64Array(units * size);
+  rows.forEach((row, u) => features.set(row, u * size));
+  return { features, size };
+}
+
+function similarityMatrix(reference: CnnParams, teacher: CnnParams, g: number, perms: CnnPermutations): Float64Array {
+  const n = unitsOf(reference, g);
+  const r = unitFeatures(reference, [], g);
+  const t = unitFeatures(teacher, perms, g);
+  const sim = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let k = 0; k < r.size; k++) s += (r.features[i * r.size + k] ?? 0) * (t.features[j * t.size + k] ?? 0);
+      sim[i * n + j] = s;
+    }
+  }
+  return sim;
+}
+
+/**
+ * `p` with each conv block's channels and each hidden dense layer's units reordered (perms[g][i] = old
+ * index of new unit i): kernels (output and next block's input channels), biases, BN entries and the
+ * first dense layer's rows move together, so the function is unchanged.
+ */
+export function permuteCnnUnits(p: CnnParams, perms: CnnPermutations): CnnParams {
+  if (perms.length !== permutableCount(p)) throw new Error(`one permutation per conv block and hidden dense layer (${permutableCount(p)}), got ${perms.length}`);
+  perms.forEach((perm, g) => {
+    if (perm.length !== unitsOf(p, g)) throw new Error(`permutation ${g} has ${perm.length} entries for ${unitsOf(p, g)} units`);
+  });
+  const out = cloneCnnParams(p);
+  p.convs.forEach((c, b) => {
+    const outPerm = perms[b];
+    const inPerm = b > 0 ? perms[b - 1] : undefined;
+    const target = out.convs[b];
+    if (!target) return;
+    const taps = c.kernelSize * c.kernelSize;
+    const { inChannels: cin, outChannels: cout } = c;
+    for (let t = 0; t < taps; t++) {
+      for (let ci = 0; ci < cin; ci++) {
+        for (let co = 0; co < cout; co++) target.kernel[(t * cin + ci) * cout + co] = c.kernel[(t * cin + at(inPerm, ci)) * cout + at(outPerm, co)] ?? 0;
+      }
+    }
+    for (let co = 0; co < cout; co++) {
+      const old = at(outPerm, co);
+      target.bias[co] = c.bias[old] ?? 0;
+      if (c.bn && target.bn) {
+        target.bn.gamma[co] = c.bn.gamma[old] ?? 0;
+        target.bn.beta[co] = c.bn.beta[old] ?? 0;
+        target.bn.runningMean[co] = c.bn.runningMean[old] ?? 0;
+        target.bn.runningVar[co] = c.bn.runningVar[old] ?? 0;
+      }
+    }
+  });
+  p.dense.forEach((l, d) => {
+    const inPerm = denseInputPerm(p, perms, d);
+    const outPerm = outputPerm(perms, p.convs.length + d);
+    const target = out.dense[d];
+    if (!target) return;
+    for (let i = 0; i < l.inSize; i++) {
+      for (let o = 0; o < l.outSize; o++) target.w[i * l.outSize + o] = l.w[at(inPerm, i) * l.outSize + at(outPerm, o)] ?? 0;
+    }
+    for (let o = 0; o < l.outSize; o++) target.b[o] = l.b[at(outPerm, o)] ?? 0;
+  });
+  return out;
+}
+
+/** The permutations weight matching chooses to align `teacher` to `reference`. */
+export function matchCnnWeights(reference: CnnParams, teacher: CnnParams): CnnPermutations {
+  checkSameArchitecture([reference, teacher]);
+  const count = permutableCount(reference);
+  const perms: CnnPermutations = [];
+  for (let g = 0; g < count; g++) perms.push(Int32Array.from({ length: unitsOf(reference, g) }, (_, i) => i));
+  for (let pass = 0; pass < MAX_PASSES; pass++) {
+    let changed = false;
+    // A fixed layer order keeps alignment a pure function of its inputs (as in align.ts).
+    for (let g = 0; g < count; g++) {
+      const perm = maximizeAssignment(similarityMatrix(reference, teacher, g, perms), unitsOf(reference, g));
+      const old = perms[g];
+      if (!old || perm.some((v, i) => v !== old[i])) changed = true;
+      perms[g] = perm;
+    }
+    if (!changed) break;
+  }
+  return perms;
+}
+
+/**
+ * `teacher` with its channels and hidden units permuted to match `reference`. Function-preserving.
+ *
+ * @example
+ * const aligned = teachers.map((t) => alignCnnToReference(teachers[0], t));
+ */
+export function alignCnnToReference(reference: CnnParams, teacher: CnnParams): CnnParams {
+  return permuteCnnUnits(teacher, matchCnnWeights(reference, teacher));
+}
+
+/** Element-wise mean of every array, running BN statistics included (accumulated in float64). */
+export function averageCnnParams(list: CnnParams[]): CnnParams {
+  checkSameArchitecture(list);
+  const out = cloneCnnParams(list[0] as CnnParams);
+  const targets = cnnParamArrays(out);
+  const sources = list.map(cnnParamArrays);
+  targets.forEach((target, a) => {
+    const acc = new Float64Array(target.length);
+    for (const s of sources) {
+      const src = s[a] as Float32Array;
+      for (let i = 0; i < acc.length; i++) acc[i] = (acc[i] ?? 0) + (src[i] ?? 0);
+    }
+    for (let i = 0; i < acc.length; i++) target[i] = (acc[i] ?? 0) / list.length;
+  });
+  return out;
+}
+
+/** The naive baseline: average the teachers as they are (channel i with channel i). */
+export function naiveAverageCnn(list: CnnParams[]): CnnParams {
+  return averageCnnParams(list);
+}
+
+/**
+ * Aligns every teacher to `list[referenceIndex]`, then averages. With BN, follow with
+ * `recomputeBnStatistics`: averaged running statistics do not describe the averaged network.
+ */
+export function alignedAverageCnn(list: CnnParams[], referenceIndex = 0): CnnParams {
+  const reference = list[referenceIndex];
+  if (!reference) throw new InputError(`reference index ${referenceIndex} is outside the ${list.length} models`);
+  return averageCnnParams(list.map((p, i) => (i === referenceIndex ? p : alignCnnToReference(reference, p))));
+}
