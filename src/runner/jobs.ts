@@ -3,7 +3,8 @@ import { InputError } from '../util/errors';
 import type { ArtifactStore } from '../store/store';
 import type { JobProgress } from './protocol';
 import { initBackend } from '../ml/backend';
-import { datasetDigest, loadEmbeddedMnist, selectExamples, splitDataset, type Dataset } from '../ml/data';
+import { datasetDigest, selectExamples, type Dataset } from '../ml/data';
+import { pipelineSplit, sourceData } from './data-source';
 import { deriveSeed, Rng } from '../ml/rng';
 import { accuracy, ensembleAccuracy, ensembleProbs, initMlp, type MlpParams } from '../ml/mlp';
 import { packTfjsArtifact, tfjsArtifactToParams } from '../ml/tfjs-format';
@@ -68,13 +69,12 @@ interface TrainCheckpoint {
  * The data split every stage of one spec sees: identical in every job, since it depends only on the spec.
  * Evaluated ensemble e uses the disjoint shard group e; test, validation and consolidation never change.
  */
-function splitFor(spec: PipelineSpec) {
-  return splitDataset(loadEmbeddedMnist(), spec.data, (spec.teachers.ensembleIndex + 1) * spec.teachers.count);
-}
+// The split every job of a pipeline sees (its source is read once per thread).
+const splitFor = pipelineSplit;
 
 /** The training data of one teacher: its own shard, or (zoo, validation) its own random draw from the pool. */
-function teacherData(spec: PipelineSpec, role: TeacherRole, index: number): Dataset {
-  const split = splitFor(spec);
+async function teacherData(spec: PipelineSpec, role: TeacherRole, index: number): Promise<Dataset> {
+  const split = await splitFor(spec);
   if (role === 'teacher') {
     const shard = split.shards[spec.teachers.ensembleIndex * spec.teachers.count + index];
     if (!shard) throw new Error(`no data shard for teacher ${index}`);
@@ -138,7 +138,7 @@ const trainTeacher: Job<{ spec: PipelineSpec; role: TeacherRole; index: number }
     {
       arch: spec.architecture,
       init: initMlp(spec.architecture, deriveSeed(spec.seed, role, index, 'init')),
-      train: teacherData(spec, role, index),
+      train: await teacherData(spec, role, index),
       epochs: train.epochs,
       batchSize: train.batchSize,
       learningRate: train.learningRate,
@@ -150,7 +150,7 @@ const trainTeacher: Job<{ spec: PipelineSpec; role: TeacherRole; index: number }
   );
   return {
     params: await saveParams(ctx.store, result.params),
-    valAccuracy: await accuracy(result.params, splitFor(spec).validation),
+    valAccuracy: await accuracy(result.params, (await splitFor(spec)).validation),
     curve: result.curve,
     backend,
   };
@@ -169,7 +169,7 @@ const generateStudent: Job<{ spec: PipelineSpec; teachers: string[]; weightforme
   }
   if (!weightformer) throw new InputError("generate.method 'weightformer' needs a WeightFormer (weightformer.mode train or reuse)");
   const model = deserializeWeightformer(await ctx.store.getBytes(weightformer as `sha256:${string}`));
-  const probe = model.config.probeTokens ? splitFor(spec).consolidation : undefined;
+  const probe = model.config.probeTokens ? (await splitFor(spec)).consolidation : undefined;
   // Timed: the forward pass that consolidates (alignment to the stored reference included).
   const started = performance.now();
   const student = await generateWithWeightformer(model, params, probe);
@@ -185,7 +185,7 @@ async function teacherTargets(store: ArtifactStore, teachers: string[], data: Da
 
 const finetune: Job<{ spec: PipelineSpec; init: string; teachers: string[] }, TrainJobResult> = async ({ spec, init, teachers }, ctx) => {
   const { backend } = await initBackend(spec.compute.backend);
-  const split = splitFor(spec);
+  const split = await splitFor(spec);
   const ft = spec.finetune;
   const started = performance.now();
   const previous = ctx.resume as TrainCheckpoint | undefined;
@@ -249,7 +249,7 @@ const evaluate: Job<{ spec: PipelineSpec; models: EvaluateModels; consolidationS
   ctx,
 ) => {
   const { backend } = await initBackend(spec.compute.backend);
-  const split = splitFor(spec);
+  const split = await splitFor(spec);
   const test = split.test;
   const teachers = await Promise.all(models.teachers.map((t) => loadParams(ctx.store, t)));
   const metrics: Record<string, number> = {};
@@ -321,7 +321,7 @@ const metaTrainJob: Job<{ spec: PipelineSpec; zoo: string[]; validation: string[
   ctx,
 ) => {
   const { backend } = await initBackend(spec.compute.backend);
-  const split = splitFor(spec);
+  const split = await splitFor(spec);
   const zooParams = await Promise.all(zoo.map((t) => loadParams(ctx.store, t)));
   const validationParams = await Promise.all(validation.map((t) => loadParams(ctx.store, t)));
   const m = spec.weightformer.model;
@@ -389,7 +389,7 @@ async function trainEarlyStopped(
   options: { epochs: number; batchSize: number; learningRate: number; seed: number; checkpointEvery: number; kd?: { weight: number; temperature: number; teachers: string[] } },
 ): Promise<EarlyStoppedJobResult> {
   const { backend } = await initBackend(spec.compute.backend);
-  const split = splitFor(spec);
+  const split = await splitFor(spec);
   const previous = ctx.resume as TrainCheckpoint | undefined;
   const resumeFrom = previous ? deserializeEarlyStoppingState(await ctx.store.getBytes(previous.state as `sha256:${string}`)) : undefined;
   const kd = options.kd
@@ -460,11 +460,15 @@ export interface DatasetDescription {
   examples: number;
   context: 'train' | 'validation' | 'test';
   role: string;
+  /** Where the whole dataset came from (MLflow's dataset source type and source). */
+  sourceType: string;
+  source: Record<string, unknown>;
 }
 
 /** The parts of the split this pipeline reads, with digests: logged as MLflow dataset inputs. */
 const describeData: Job<{ spec: PipelineSpec }, DatasetDescription[]> = async ({ spec }) => {
-  const split = splitFor(spec);
+  const split = await splitFor(spec);
+  const { origin } = await sourceData(spec);
   const group = spec.teachers.ensembleIndex * spec.teachers.count;
   const parts: Array<[string, Dataset, DatasetDescription['context'], string]> = [
     ['test', split.test, 'test', 'final numbers only'],
@@ -474,11 +478,13 @@ const describeData: Job<{ spec: PipelineSpec }, DatasetDescription[]> = async ({
     ...split.shards.slice(group).map((shard, i): [string, Dataset, DatasetDescription['context'], string] => [`teacher-${i}-shard`, shard, 'train', `teacher ${i}'s own data`]),
   ];
   return parts.map(([part, ds, context, role]) => ({
-    name: `mnist-embedded/${part}`,
+    name: `${spec.data.source}/${part}`,
     digest: datasetDigest(ds).slice(0, 32),
     examples: ds.n,
     context,
     role,
+    sourceType: origin.sourceType,
+    source: { ...origin.source, splitSeed: spec.data.splitSeed },
   }));
 };
 

@@ -8,7 +8,9 @@
  * problem is reported.
  */
 import * as fs from 'node:fs';
-import { InputError, SpecError, formatDiagnostic, type SpecDiagnostic } from '../util/errors.js';
+import * as path from 'node:path';
+import { defaultAllowedRoots, resolveAllowedPath } from '../store/paths.js';
+import { AccessError, InputError, SpecError, formatDiagnostic, type SpecDiagnostic } from '../util/errors.js';
 import { applyDefaults, type RawPipeline } from './defaults.js';
 import { specHash } from './hash.js';
 import { expandMatrixWith, involvesMatrix, registerLocator, type Locate } from './matrix.js';
@@ -91,6 +93,16 @@ export function loadPipelineText(text: string, file: string): LoadedSpec {
   // Cross-field problems that involve a field the matrix varies are left to the per-cell checks.
   const semantic = semanticProblems(spec).filter((p) => !involvesMatrix(p, spec.matrix));
   if (semantic.length > 0) throw new SpecError(sortDiagnostics(semantic.map(locate)));
+
+  if (spec.data.path !== undefined) {
+    // Resolved here, where the file's folder is known, so every worker reads the same absolute folder.
+    try {
+      spec.data.path = resolveAllowedPath(spec.data.path, { baseDir: path.dirname(path.resolve(file)), allowedRoots: defaultAllowedRoots(file), field: 'data.path' });
+    } catch (e) {
+      if (!(e instanceof AccessError)) throw e;
+      throw new SpecError([locate({ pointer: '/data/path', at: 'value', message: e.message.replace(/^data\.path: /, '') })]);
+    }
+  }
 
   expandMatrixWith(spec, locate); // throws on a bad matrix; the cells themselves are expanded on demand
   registerLocator(spec, locate);

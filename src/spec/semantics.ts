@@ -7,6 +7,8 @@ export const MNIST_EMBEDDED_DIGITS = 10000;
 /** 28 × 28 pixels. */
 export const MNIST_INPUT_SIZE = 784;
 export const MNIST_CLASSES = 10;
+/** 32 × 32 × 3 pixels. */
+export const CIFAR_INPUT_SIZE = 3072;
 
 export function semanticProblems(spec: PipelineSpec): Problem[] {
   const problems: Problem[] = [];
@@ -14,9 +16,10 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
 
   // Evaluated teachers get disjoint shards; zoo and validation teachers sample from the same teacher pool.
   const shardGroups = teachers.ensembleIndex + 1;
+  // (Files' sizes are only known when they are read: the split checks them then.)
   const needed = shardGroups * teachers.count * data.shardSize + data.consolidationSize + data.validationSize +
     data.testSize;
-  if (needed > MNIST_EMBEDDED_DIGITS) {
+  if (data.source === 'mnist-embedded' && needed > MNIST_EMBEDDED_DIGITS) {
     problems.push({
       pointer: '/data',
       at: 'value',
@@ -49,20 +52,7 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
     });
   }
 
-  if (data.source === 'mnist-embedded') {
-    if (spec.architecture.inputSize !== MNIST_INPUT_SIZE) {
-      problems.push({
-        pointer: '/architecture/inputSize', at: 'value',
-        message: `must be ${MNIST_INPUT_SIZE} (28 × 28 pixels) for data.source 'mnist-embedded' (got ${spec.architecture.inputSize})`,
-      });
-    }
-    if (spec.architecture.outputSize !== MNIST_CLASSES) {
-      problems.push({
-        pointer: '/architecture/outputSize', at: 'value',
-        message: `must be ${MNIST_CLASSES} (one per digit) for data.source 'mnist-embedded' (got ${spec.architecture.outputSize})`,
-      });
-    }
-  }
+  problems.push(...dataSourceProblems(spec));
 
   if (spec.generate.method === 'weightformer' && spec.weightformer.mode === 'none') {
     problems.push({
@@ -76,6 +66,42 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
       pointer: '/zoo/count', at: 'value',
       message: `must be ≥ 1 when weightformer.mode is '${spec.weightformer.mode}': the WeightFormer is meta-trained on the zoo and keyed by it (got 0)`,
       related: ['/weightformer/mode'],
+    });
+  }
+  return problems;
+}
+
+/** Features and classes each source fixes (IDX files carry their own image size, checked when read). */
+const SOURCE_SHAPES: Record<Exclude<PipelineSpec['data']['source'], 'mnist-idx'>, { inputSize: number; what: string; classes: (spec: PipelineSpec) => number }> = {
+  'mnist-embedded': { inputSize: MNIST_INPUT_SIZE, what: '28 × 28 pixels', classes: () => MNIST_CLASSES },
+  cifar10: { inputSize: CIFAR_INPUT_SIZE, what: '32 × 32 × 3 pixels', classes: () => 10 },
+  cifar100: { inputSize: CIFAR_INPUT_SIZE, what: '32 × 32 × 3 pixels', classes: (spec) => (spec.data.cifar100Labels === 'coarse' ? 20 : 100) },
+};
+
+function dataSourceProblems(spec: PipelineSpec): Problem[] {
+  const problems: Problem[] = [];
+  const { data } = spec;
+  if (data.source === 'mnist-embedded' && data.path !== undefined) {
+    problems.push({ pointer: '/data/path', at: 'key', message: "is only read by file sources: data.source 'mnist-embedded' is built in", related: ['/data/source'] });
+  }
+  if (data.source !== 'mnist-embedded' && data.path === undefined) {
+    problems.push({ pointer: '/data', at: 'key', message: `data.source '${data.source}' reads files: add data.path, the folder that holds them`, related: ['/data/source'] });
+  }
+  if (data.source === 'mnist-idx') return problems;
+  const shape = SOURCE_SHAPES[data.source];
+  if (spec.architecture.inputSize !== shape.inputSize) {
+    problems.push({
+      pointer: '/architecture/inputSize', at: 'value',
+      message: `must be ${shape.inputSize} (${shape.what}) for data.source '${data.source}' (got ${spec.architecture.inputSize})`,
+      related: ['/data/source'],
+    });
+  }
+  const classes = shape.classes(spec);
+  if (spec.architecture.outputSize !== classes) {
+    problems.push({
+      pointer: '/architecture/outputSize', at: 'value',
+      message: `must be ${classes} (one per class) for data.source '${data.source}'${data.source === 'cifar100' ? ` with ${data.cifar100Labels} labels` : ''} (got ${spec.architecture.outputSize})`,
+      related: ['/data/source'],
     });
   }
   return problems;

