@@ -1,4 +1,6 @@
+import * as path from 'node:path';
 import type { StageInput, StageOutput } from '../workflows/types';
+import { resolveTeacherSource } from '../src/teachers/sources';
 import type { DatasetDescription, TeacherJobResult, TeacherRole } from '../src/runner/jobs';
 import type { TrainOptions } from '../src/spec/types';
 import { cacheKey, lookupCached, runHeartbeatedJob, storeCached, trackedStage, type ActivityDeps } from './common';
@@ -49,6 +51,35 @@ export async function trainTeacherSet(
   return { refs, results, allCached };
 }
 
+/**
+ * Reads the teachers a pipeline lists in `teachers.files`: each is fetched to a local file here (downloads
+ * are I/O, and `models:/` needs the MLflow client), then read, checked and scored in a job thread. Not
+ * cached: a path's file may change, and reading it again is cheap; the stages after it are cached by the
+ * teachers' content.
+ */
+async function importTeacherSet(deps: ActivityDeps, input: StageInput, files: string[]): Promise<TeacherSetResult> {
+  const { spec } = input;
+  const refs: string[] = [];
+  const results: TeacherJobResult[] = [];
+  for (const [index, source] of files.entries()) {
+    const resolved = await resolveTeacherSource(source, {
+      // Paths were resolved and checked against the allowed roots when the pipeline file was loaded (where
+      // its folder is known); here they are absolute, and only their own folder may be read (a model.json
+      // names its weight files beside it).
+      baseDir: path.dirname(source),
+      allowedRoots: [path.dirname(source)],
+      cacheDir: path.join(deps.store.root, 'downloads'),
+      expected: spec.architecture,
+      mlflow: deps.tracker?.client,
+      field: `teachers.files[${index}]`,
+    });
+    const result = await runHeartbeatedJob<TeacherJobResult>(deps, 'importTeacher', { spec, file: resolved.file, format: resolved.format }, `importTeacher:${index}`);
+    refs.push(result.params);
+    results.push(result);
+  }
+  return { refs, results, allCached: false };
+}
+
 /** The backends the jobs resolved to (`auto` may differ per worker), for the run's tags. */
 export function backendsOf(results: Array<{ backend: string }>): string {
   return [...new Set(results.map((r) => r.backend))].join(',');
@@ -74,7 +105,9 @@ export function trainTeachersActivity(deps: ActivityDeps) {
           })),
         );
       }
-      const set = await trainTeacherSet(deps, input, 'teacher', spec.teachers.count, spec.teachers.train);
+      const set = spec.teachers.source === 'files'
+        ? await importTeacherSet(deps, input, spec.teachers.files ?? [])
+        : await trainTeacherSet(deps, input, 'teacher', spec.teachers.count, spec.teachers.train);
       const metrics: Record<string, number> = {};
       const curves: Record<string, Array<{ step: number; value: number }>> = {};
       set.results.forEach((result, index) => {

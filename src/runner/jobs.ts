@@ -7,7 +7,8 @@ import { datasetDigest, selectExamples, type Dataset } from '../ml/data';
 import { pipelineSplit, sourceData } from './data-source';
 import { deriveSeed, Rng } from '../ml/rng';
 import { accuracy, ensembleAccuracy, ensembleProbs, initMlp, type MlpParams } from '../ml/mlp';
-import { packTfjsArtifact, tfjsArtifactToParams } from '../ml/tfjs-format';
+import { packTfjsArtifact, readTfjsModelDir, tfjsArtifactToParams } from '../ml/tfjs-format';
+import { readSafetensorsTeacher } from '../ml/formats/torch-mlp';
 import { trainMlp, serializeTrainState, deserializeTrainState, type TrainState } from '../ml/train';
 import { alignedAverage, naiveAverage } from '../ml/align';
 import { trainWithEarlyStopping, serializeEarlyStoppingState, deserializeEarlyStoppingState, secondsToReach, type EpochTiming } from '../ml/early-stopping';
@@ -465,6 +466,22 @@ export interface DatasetDescription {
   source: Record<string, unknown>;
 }
 
+/**
+ * A teacher brought as a file (already fetched to a local path by the activity): read in its format, checked
+ * against the architecture (shapes, dtype, finite values), scored on the validation set, and stored in the
+ * TF.js format like every trained teacher, so the stages after it cannot tell the difference.
+ */
+const importTeacher: Job<{ spec: PipelineSpec; file: string; format: 'safetensors' | 'tfjs' }, TeacherJobResult> = async ({ spec, file, format }, ctx) => {
+  const { backend } = await initBackend(spec.compute.backend);
+  const params = format === 'safetensors' ? await readSafetensorsTeacher(file, spec.architecture) : await readTfjsModelDir(file, spec.architecture);
+  return {
+    params: await saveParams(ctx.store, params),
+    valAccuracy: await accuracy(params, (await splitFor(spec)).validation),
+    curve: [],
+    backend,
+  };
+};
+
 /** The parts of the split this pipeline reads, with digests: logged as MLflow dataset inputs. */
 const describeData: Job<{ spec: PipelineSpec }, DatasetDescription[]> = async ({ spec }) => {
   const split = await splitFor(spec);
@@ -492,6 +509,7 @@ const describeData: Job<{ spec: PipelineSpec }, DatasetDescription[]> = async ({
 export const JOBS: Record<string, Job<never, unknown>> = {
   describeData,
   trainTeacher,
+  importTeacher,
   generateStudent,
   finetune,
   weightAverages,

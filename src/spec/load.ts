@@ -10,6 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { defaultAllowedRoots, resolveAllowedPath } from '../store/paths.js';
+import { parseTeacherSource } from '../teachers/source-kind.js';
 import { AccessError, InputError, SpecError, formatDiagnostic, type SpecDiagnostic } from '../util/errors.js';
 import { applyDefaults, type RawPipeline } from './defaults.js';
 import { specHash } from './hash.js';
@@ -94,19 +95,44 @@ export function loadPipelineText(text: string, file: string): LoadedSpec {
   const semantic = semanticProblems(spec).filter((p) => !involvesMatrix(p, spec.matrix));
   if (semantic.length > 0) throw new SpecError(sortDiagnostics(semantic.map(locate)));
 
-  if (spec.data.path !== undefined) {
-    // Resolved here, where the file's folder is known, so every worker reads the same absolute folder.
-    try {
-      spec.data.path = resolveAllowedPath(spec.data.path, { baseDir: path.dirname(path.resolve(file)), allowedRoots: defaultAllowedRoots(file), field: 'data.path' });
-    } catch (e) {
-      if (!(e instanceof AccessError)) throw e;
-      throw new SpecError([locate({ pointer: '/data/path', at: 'value', message: e.message.replace(/^data\.path: /, '') })]);
-    }
-  }
+  resolveFileReferences(spec, file, locate);
 
   expandMatrixWith(spec, locate); // throws on a bad matrix; the cells themselves are expanded on demand
   registerLocator(spec, locate);
   return { file, spec, hash: specHash(spec) };
+}
+
+/**
+ * Paths in the spec are resolved here, where the file's folder is known, so every worker reads the same
+ * absolute paths; each must lie under the allowed roots. Teacher URLs are checked for their scheme.
+ * Every refusal is positioned at the value that caused it.
+ */
+function resolveFileReferences(spec: LoadedSpec['spec'], file: string, locate: Locate): void {
+  const baseDir = path.dirname(path.resolve(file));
+  const allowedRoots = defaultAllowedRoots(file);
+  const problems: Problem[] = [];
+  const resolve = (written: string, pointer: string, field: string): string => {
+    try {
+      return resolveAllowedPath(written, { baseDir, allowedRoots, field });
+    } catch (e) {
+      if (!(e instanceof AccessError)) throw e;
+      problems.push({ pointer, at: 'value', message: e.message.slice(field.length + 2) });
+      return written;
+    }
+  };
+  if (spec.data.path !== undefined) spec.data.path = resolve(spec.data.path, '/data/path', 'data.path');
+  if (spec.teachers.files !== undefined) spec.teachers.files = spec.teachers.files.map((source, i) => {
+    const field = `teachers.files[${i}]`;
+    try {
+      const kind = parseTeacherSource(source, field);
+      return kind.kind === 'path' ? resolve(source, `/teachers/files/${i}`, field) : source;
+    } catch (e) {
+      if (!(e instanceof InputError)) throw e;
+      problems.push({ pointer: `/teachers/files/${i}`, at: 'value', message: e.message.slice(field.length + 2) });
+      return source;
+    }
+  });
+  if (problems.length > 0) throw new SpecError(sortDiagnostics(problems.map(locate)));
 }
 
 /** Positions problems in the file; a pointer the file lacks falls back to a related one, then to its parent. */

@@ -52,7 +52,7 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
     });
   }
 
-  problems.push(...dataSourceProblems(spec));
+  problems.push(...dataSourceProblems(spec), ...teacherFileProblems(spec));
 
   if (spec.generate.method === 'weightformer' && spec.weightformer.mode === 'none') {
     problems.push({
@@ -105,4 +105,22 @@ function dataSourceProblems(spec: PipelineSpec): Problem[] {
     });
   }
   return problems;
+}
+
+function teacherFileProblems(spec: PipelineSpec): Problem[] {
+  const { teachers } = spec;
+  if (teachers.source === 'train') {
+    return teachers.files === undefined ? [] : [{ pointer: '/teachers/files', at: 'key', message: "is only read with teachers.source 'files' (the teachers are trained here)", related: ['/teachers/source'] }];
+  }
+  if (teachers.files === undefined) {
+    return [{ pointer: '/teachers', at: 'key', message: "teachers.source 'files' reads its teachers from teachers.files: add the list", related: ['/teachers/source'] }];
+  }
+  if (teachers.files.length !== teachers.count) {
+    return [{
+      pointer: '/teachers/count', at: 'value',
+      message: `must equal the number of teachers.files (${teachers.files.length}), got ${teachers.count}`,
+      related: ['/teachers/files'],
+    }];
+  }
+  return [];
 }

@@ -52,7 +52,13 @@ export interface ArchitectureSpec {
 
 export interface TeachersSpec {
   count: number;
-  source: 'train';
+  /** `train`: trained in the pipeline; `files`: read from `files`. */
+  source: 'train' | 'files';
+  /**
+   * With source `files`, one per teacher: a path (absolute once `loadPipelineFile` resolved it under the
+   * allowed roots), an http(s) URL, or an MLflow `models:/` reference.
+   */
+  files?: string[];
   /** Evaluated teachers use the disjoint shards ensembleIndex·count … ensembleIndex·count+count−1. */
   ensembleIndex: number;
   train: TrainOptions;
