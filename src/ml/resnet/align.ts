@@ -1,0 +1,227 @@
+/**
+ * Aligning ResNet teachers' channels to a reference teacher, and averaging them.
+ *
+ * The identity shortcuts tie every stream channel together across the whole net: channel i of the stem's
+ * output is added to channel i of every block's conv2 output and read by channel i of every conv1 input
+ * and row i of the head. So the stream has a single permutation, and it can only be chosen by looking at
+ * all those weights at once — weight matching (Git Re-Basin, as `align.ts`) with the stream channel's
+ * signature being the concatenation of the stem's output slice (kernel, bias, BN), every conv2's output
+ * slice, every conv1's input slice and the head's row. Each block's inner channels (conv1 output and BN,
+ * conv2 input) are private to the block and get their own permutation, matched on conv1's output slice
+ * and conv2's input slice. Coordinate ascent: the stream, then each block, repeated until nothing
+ * changes (each choice reads the others through the teacher's current permutations).
+ *
+ * Permuting consistently is function-preserving in both BN modes (BN, ReLU, the max pool and the global
+ * average pool all act per channel).
+ */
+import { InputError } from '../../util/errors';
+import { maximizeAssignment } from '../align';
+import type { ResnetConv, ResnetParams } from './architecture';
+import { cloneResnetParams, resnetBlocks, resnetParamArrays, resnetSignature } from './architecture';
+
+/** Passes over all permutations; weight matching typically settles in 2–4 (as in align.ts). */
+const MAX_PASSES = 10;
+
+/** `perm[i]` is the old index of new channel i. */
+export interface ResnetPermutations {
+  /** The residual stream's channels (width). */
+  stream: Int32Array;
+  /** Each block's inner channels, in `resnetBlocks` order. */
+  inner: Int32Array[];
+}
+
+function checkSameArchitecture(list: ResnetParams[]): void {
+  const first = list[0];
+  if (!first) throw new InputError('need at least one model');
+  const sig = resnetSignature(first);
+  for (const p of list) {
+    const other = resnetSignature(p);
+    if (other !== sig) throw new InputError(`models differ in architecture: ${sig} vs ${other}`);
+  }
+}
+
+const at = (perm: Int32Array | undefined, i: number): number => (perm ? (perm[i] ?? 0) : i);
+
+/** Appends to each output channel's row its kernel slice (inputs read through `inPerm`), bias and BN entries. */
+function pushOutgoingSlice(rows: number[][], c: ResnetConv, inPerm: Int32Array | undefined): void {
+  const taps = c.kernelSize * c.kernelSize;
+  const { inChannels: cin, outChannels: cout } = c;
+  rows.forEach((row, u) => {
+    for (let t = 0; t < taps; t++) for (let ci = 0; ci < cin; ci++) row.push(c.kernel[(t * cin + at(inPerm, ci)) * cout + u] ?? 0);
+    row.push(c.bias[u] ?? 0, c.bn.gamma[u] ?? 0, c.bn.beta[u] ?? 0, c.bn.runningMean[u] ?? 0, c.bn.runningVar[u] ?? 0);
+  });
+}
+
+/** Appends to each input channel's row how the conv reads it (outputs read through `outPerm`). */
+function pushReadingSlice(rows: number[][], c: ResnetConv, outPerm: Int32Array | undefined): void {
+  const taps = c.kernelSize * c.kernelSize;
+  const { inChannels: cin, outChannels: cout } = c;
+  rows.forEach((row, u) => {
+    for (let t = 0; t < taps; t++) for (let co = 0; co < cout; co++) row.push(c.kernel[(t * cin + u) * cout + at(outPerm, co)] ?? 0);
+  });
+}
+
+/**
+ * The signature of every channel of one permutation group of `p` (`group` −1: the stream, b ≥ 0: block
+ * b's inner channels), with neighbouring groups read through `perms` (none: identity, the reference).
+ */
+function channelFeatures(p: ResnetParams, group: number, perms: ResnetPermutations | undefined): { features: Float64Array; size: number } {
+  const width = p.stem.outChannels;
+  const rows: number[][] = Array.from({ length: width }, () => []);
+  const blocks = resnetBlocks(p);
+  if (group < 0) {
+    pushOutgoingSlice(rows, p.stem, undefined);
+    blocks.forEach((block, b) => {
+      const inner = perms?.inner[b];
+      pushReadingSlice(rows, block.conv1, inner);
+      pushOutgoingSlice(rows, block.conv2, inner);
+    });
+    const o = p.head.outSize;
+    rows.forEach((row, u) => {
+      for (let c = 0; c < o; c++) row.push(p.head.w[u * o + c] ?? 0);
+    });
+  } else {
+    const block = blocks[group];
+    if (!block) throw new Error(`block ${group} missing`);
+    pushOutgoingSlice(rows, block.conv1, perms?.stream);
+    pushReadingSlice(rows, block.conv2, perms?.stream);
+  }
+  const size = rows[0]?.length ?? 0;
+  const features = new Float64Array(width * size);
+  rows.forEach((row, u) => features.set(row, u * size));
+  return { features, size };
+}
+
+function similarityMatrix(reference: ResnetParams, teacher: ResnetParams, group: number, perms: ResnetPermutations): Float64Array {
+  const n = reference.stem.outChannels;
+  const r = channelFeatures(reference, group, undefined);
+  const t = channelFeatures(teacher, group, perms);
+  const sim = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let k = 0; k < r.size; k++) s += (r.features[i * r.size + k] ?? 0) * (t.features[j * t.size + k] ?? 0);
+      sim[i * n + j] = s;
+    }
+  }
+  return sim;
+}
+
+/** `target` := `c` with its input channels moved by `inPerm` and output channels by `outPerm`. */
+function permuteConvInto(target: ResnetConv, c: ResnetConv, inPerm: Int32Array | undefined, outPerm: Int32Array | undefined): void {
+  const taps = c.kernelSize * c.kernelSize;
+  const { inChannels: cin, outChannels: cout } = c;
+  for (let t = 0; t < taps; t++) {
+    for (let ci = 0; ci < cin; ci++) {
+      for (let co = 0; co < cout; co++) target.kernel[(t * cin + ci) * cout + co] = c.kernel[(t * cin + at(inPerm, ci)) * cout + at(outPerm, co)] ?? 0;
+    }
+  }
+  for (let co = 0; co < cout; co++) {
+    const old = at(outPerm, co);
+    target.bias[co] = c.bias[old] ?? 0;
+    target.bn.gamma[co] = c.bn.gamma[old] ?? 0;
+    target.bn.beta[co] = c.bn.beta[old] ?? 0;
+    target.bn.runningMean[co] = c.bn.runningMean[old] ?? 0;
+    target.bn.runningVar[co] = c.bn.runningVar[old] ?? 0;
+  }
+}
+
+function checkPermutation(perm: Int32Array, n: number, what: string): void {
+  const seen = new Uint8Array(n);
+  if (perm.length !== n) throw new InputError(`${what} permutation has ${perm.length} entries for ${n} channels`);
+  for (const v of perm) {
+    if (!(v >= 0 && v < n) || seen[v]) throw new InputError(`${what} permutation is not a permutation of 0..${n - 1}`);
+    seen[v] = 1;
+  }
+}
+
+/**
+ * `p` with its stream channels and each block's inner channels reordered (`perm[i]` = old index of new
+ * channel i): kernels, biases and BN entries of every conv and the head's rows move together, so the
+ * function is unchanged.
+ */
+export function permuteResnetChannels(p: ResnetParams, perms: ResnetPermutations): ResnetParams {
+  const width = p.stem.outChannels;
+  const blocks = resnetBlocks(p);
+  checkPermutation(perms.stream, width, 'stream');
+  if (perms.inner.length !== blocks.length) throw new InputError(`one inner permutation per block (${blocks.length}), got ${perms.inner.length}`);
+  perms.inner.forEach((perm, b) => checkPermutation(perm, width, `block ${b} inner`));
+  const out = cloneResnetParams(p);
+  const outBlocks = resnetBlocks(out);
+  permuteConvInto(out.stem, p.stem, undefined, perms.stream);
+  blocks.forEach((block, b) => {
+    const target = outBlocks[b];
+    const inner = perms.inner[b];
+    if (!target) return;
+    permuteConvInto(target.conv1, block.conv1, perms.stream, inner);
+    permuteConvInto(target.conv2, block.conv2, inner, perms.stream);
+  });
+  const o = p.head.outSize;
+  for (let i = 0; i < width; i++) out.head.w.set(p.head.w.subarray(at(perms.stream, i) * o, (at(perms.stream, i) + 1) * o), i * o);
+  return out;
+}
+
+/** The permutations weight matching chooses to align `teacher` to `reference`. */
+export function matchResnetWeights(reference: ResnetParams, teacher: ResnetParams): ResnetPermutations {
+  checkSameArchitecture([reference, teacher]);
+  const width = reference.stem.outChannels;
+  const identity = (): Int32Array => Int32Array.from({ length: width }, (_, i) => i);
+  const blockCount = resnetBlocks(reference).length;
+  const perms: ResnetPermutations = { stream: identity(), inner: Array.from({ length: blockCount }, identity) };
+  const same = (a: Int32Array, b: Int32Array | undefined): boolean => !!b && a.every((v, i) => v === b[i]);
+  for (let pass = 0; pass < MAX_PASSES; pass++) {
+    let changed = false;
+    // A fixed order (stream, then blocks in order) keeps alignment a pure function of its inputs.
+    for (let group = -1; group < blockCount; group++) {
+      const perm = maximizeAssignment(similarityMatrix(reference, teacher, group, perms), width);
+      const old = group < 0 ? perms.stream : perms.inner[group];
+      if (!same(perm, old)) changed = true;
+      if (group < 0) perms.stream = perm;
+      else perms.inner[group] = perm;
+    }
+    if (!changed) break;
+  }
+  return perms;
+}
+
+/**
+ * `teacher` with its channels permuted to match `reference`. Function-preserving.
+ *
+ * @example
+ * const aligned = teachers.map((t) => alignResnetToReference(teachers[0], t));
+ */
+export function alignResnetToReference(reference: ResnetParams, teacher: ResnetParams): ResnetParams {
+  return permuteResnetChannels(teacher, matchResnetWeights(reference, teacher));
+}
+
+/** Element-wise mean of every array, running BN statistics included (accumulated in float64). */
+export function averageResnetParams(list: ResnetParams[]): ResnetParams {
+  checkSameArchitecture(list);
+  const out = cloneResnetParams(list[0] as ResnetParams);
+  const targets = resnetParamArrays(out);
+  const sources = list.map(resnetParamArrays);
+  targets.forEach((target, a) => {
+    const acc = new Float64Array(target.length);
+    for (const s of sources) {
+      const src = s[a] as Float32Array;
+      for (let i = 0; i < acc.length; i++) acc[i] = (acc[i] ?? 0) + (src[i] ?? 0);
+    }
+    for (let i = 0; i < acc.length; i++) target[i] = (acc[i] ?? 0) / list.length;
+  });
+  return out;
+}
+
+/** The naive baseline: average the teachers as they are (channel i with channel i). */
+export function naiveAverageResnet(list: ResnetParams[]): ResnetParams {
+  return averageResnetParams(list);
+}
+
+/**
+ * Aligns every teacher to `list[referenceIndex]`, then averages. Follow with
+ * `recomputeResnetBnStatistics`: averaged running statistics do not describe the averaged network.
+ */
+export function alignedAverageResnet(list: ResnetParams[], referenceIndex = 0): ResnetParams {
+  const reference = list[referenceIndex];
+  if (!reference) throw new InputError(`reference index ${referenceIndex} is outside the ${list.length} models`);
+  return averageResnetParams(list.map((p, i) => (i === referenceIndex ? p : alignResnetToReference(reference, p))));
+}
