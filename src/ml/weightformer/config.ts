@@ -31,7 +31,7 @@ export interface WeightformerConfig {
   /**
    * Data-aware tokens: each unit's pre-activations on a fixed probe batch of the consolidation set (stored
    * with the model) are appended to its token, so the model sees what each teacher's unit *computes*, not
-   * only its weights.
+   * only its weights. MLP students only (a CNN unit's pre-activation is a feature map): InputError for CNNs.
    */
   probeTokens: boolean;
   /** Probe examples per unit when `probeTokens` (the probe batch size). */
@@ -51,8 +51,9 @@ export interface WeightformerConfig {
   /**
    * Per-row disagreement statistics appended to each token, relative to the other teachers of the set:
    * cosine and relative distance of the row to their mean, cosine of the unit's outgoing weights to
-   * theirs, and (with probe tokens) the correlation of its probe activations to theirs. They say how well
-   * each teacher's unit matched the reference after alignment, which is what a good per-teacher mixing
+   * theirs (for a CNN channel: every next-layer weight that reads it, over taps or flattened positions),
+   * and (with probe tokens) the correlation of its probe activations to theirs. They say how well each
+   * teacher's unit matched the reference after alignment, which is what a good per-teacher mixing
    * weight needs (a hand-set softmax(5·cosine) weighting already lifts the aligned average).
    */
   agreementStats: boolean;

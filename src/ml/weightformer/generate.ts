@@ -2,36 +2,38 @@
  * One forward pass: an ensemble of teachers → the student's parameters.
  */
 import { InputError } from '../../util/errors';
-import { alignToReference } from '../align';
+import type { CnnParams } from '../cnn/architecture';
 import type { Dataset } from '../data';
 import { featureSize } from '../data';
 import type { MlpParams } from '../mlp';
-import { checkParamsMatch } from '../mlp';
 import { tf } from '../tf';
+import { familyOf } from './family';
 import type { ModelConstants, WeightformerModel } from './model';
 import { asParams, disposeModelConstants, disposeSet, modelConstants, studentRows, uploadParams, uploadSet } from './model';
-import type { TeacherFeatures } from './tokens';
-import { assembleSet, layoutOf, rowsToParams, teacherFeatures } from './tokens';
+import type { StudentArch, StudentParams, TeacherFeatures } from './tokens';
+import { assembleSet, layoutOf, teacherFeatures } from './tokens';
 
 /**
  * The model with its probe batch replaced by the first `probeSize` examples of `probe` (the zoo
  * normalisation stays). Only for experiments: the model was trained with the probe it stores.
  */
-function withProbe(m: WeightformerModel, probe: Dataset | undefined): WeightformerModel {
+function withProbe(m: WeightformerModel<StudentArch>, probe: Dataset | undefined): WeightformerModel<StudentArch> {
   if (!probe || !m.config.probeTokens || !m.stats.probe) return m;
   const n = m.config.probeSize;
-  if (probe.n < n || featureSize(probe) !== m.arch.inputSize) {
-    throw new InputError(`the probe needs at least ${n} examples of ${m.arch.inputSize} features`);
+  const inputSize = familyOf(m.arch).inputSize(m.arch);
+  if (probe.n < n || featureSize(probe) !== inputSize) {
+    throw new InputError(`the probe needs at least ${n} examples of ${inputSize} features`);
   }
-  return { ...m, stats: { ...m.stats, probe: { ...m.stats.probe, x: probe.x.slice(0, n * m.arch.inputSize) } } };
+  return { ...m, stats: { ...m.stats, probe: { ...m.stats.probe, x: probe.x.slice(0, n * inputSize) } } };
 }
 
 /** Aligns `teachers` to the model's reference and builds what the encoder reads from each. */
-export function prepareTeachers(m: WeightformerModel, teachers: MlpParams[]): TeacherFeatures[] {
+export function prepareTeachers(m: WeightformerModel<StudentArch>, teachers: StudentParams[]): TeacherFeatures[] {
   if (teachers.length < 1) throw new InputError('generateStudent needs at least one teacher');
-  for (const t of teachers) checkParamsMatch(t, m.arch);
+  const family = familyOf(m.arch);
+  for (const t of teachers) family.checkParams(t, m.arch);
   const layout = layoutOf(m.arch);
-  return teachers.map((t) => teacherFeatures(layout, m.config, m.stats, alignToReference(m.reference, t)));
+  return teachers.map((t) => teacherFeatures(layout, m.config, m.stats, family.align(m.reference, t)));
 }
 
 /**
@@ -41,16 +43,16 @@ export function prepareTeachers(m: WeightformerModel, teachers: MlpParams[]): Te
 export async function generateWith(
   params: Record<string, tf.Tensor>,
   c: ModelConstants,
-  m: Pick<WeightformerModel, 'arch'>,
+  m: Pick<WeightformerModel<StudentArch>, 'arch'>,
   features: TeacherFeatures[],
-): Promise<MlpParams> {
+): Promise<StudentParams> {
   const set = uploadSet(c, assembleSet(c.layout, c.config, features));
   try {
     const rows = tf.tidy(() => studentRows(params, c, set));
     try {
       const host: Float32Array[] = [];
       for (const r of rows) host.push(new Float32Array(await r.data()));
-      return rowsToParams(host, c.layout, m.arch.activation);
+      return familyOf(m.arch).fromRows(host, m.arch);
     } finally {
       tf.dispose(rows);
     }
@@ -62,13 +64,18 @@ export async function generateWith(
 /**
  * The student WeightFormer writes for `teachers` (any number, any order, unaligned: they are aligned to
  * `m.reference` here). With probe tokens the model's stored probe batch is used; `probe` replaces it
- * (its first `probeSize` examples) for experiments.
+ * (its first `probeSize` examples) for experiments. The student has the teachers' family: MLP teachers
+ * give an MLP, CNN teachers a CNN (with predicted BN running statistics; `recomputeStudentBn` re-estimates
+ * them on data as a separate step). Teachers of another family or shape than the model's: InputError.
  *
  * @example
  * const student = await generateStudent(model, heldOutTeachers);
  * console.log(await accuracy(student, split.test));
  */
-export async function generateStudent(m: WeightformerModel, teachers: MlpParams[], probe?: Dataset): Promise<MlpParams> {
+export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: MlpParams[], probe?: Dataset): Promise<MlpParams>;
+export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: CnnParams[], probe?: Dataset): Promise<CnnParams>;
+export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: StudentParams[], probe?: Dataset): Promise<StudentParams>;
+export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: StudentParams[], probe?: Dataset): Promise<StudentParams> {
   const model = withProbe(m, probe);
   const features = prepareTeachers(model, teachers);
   const c = modelConstants(model);

@@ -1,5 +1,6 @@
 /**
- * WeightFormer for the MLP family: reads an ensemble's aligned parameters, writes one student's.
+ * WeightFormer: reads an ensemble's aligned parameters, writes one student's. Student families: MLP and
+ * CNN (`family.ts`), chosen by `arch.family`; the model, its file and meta-training are the same for both.
  */
 export type { WeightformerConfig } from './config';
 export { DEFAULT_WEIGHTFORMER_CONFIG, weightformerConfig, checkWeightformerConfig } from './config';
@@ -13,3 +14,5 @@ export { metaTrain, MetaTrainingAbortedError, flattenWeightformerParams, withFla
 export type { MetaTrainState, ValPoint } from './meta-state';
 export { serializeMetaTrainState, deserializeMetaTrainState } from './meta-state';
 export type { ZooStats, ProbeStats } from './tokens';
+export type { StudentArch, StudentParams, ParamsOf, StudentBnMode, StudentFamily } from './family';
+export { familyOf, isStudentArch, recomputeStudentBn } from './family';

@@ -1,21 +1,21 @@
 /**
  * The WeightFormer file: config, architecture, reference teacher, zoo statistics and parameters.
  *
- * Layout (little-endian): "WFWF"  u32 version  utf8 JSON header  blob reference (parameter file)
+ * Layout (little-endian): "WFWF"  u32 version  utf8 JSON header  blob reference (the family's parameter
+ *   file: `serializeParams` for an MLP, `serializeCnnParams` for a CNN; `arch.family` in the header says which)
  *   per layer: f32 center, f32 scale   [probe: f32 x, per layer f32 center]   parameters in paramSpecs order
  *   sha256 trailer.
  * Loading checks everything (magic, version, checksum, shapes, finiteness) and fails with InputError: a
  * model may come from a URL or a registry, and a damaged one must never write students.
  */
-import type { ArchitectureSpec } from '../../spec/types';
 import { InputError } from '../../util/errors';
 import { ByteWriter, openContainer, readJsonHeader } from '../bytes';
-import { architectureSignature, checkArchitecture, checkParamsMatch } from '../mlp';
-import { deserializeParams, serializeParams } from '../params-io';
 import type { WeightformerConfig } from './config';
 import { canonicalConfig, checkWeightformerConfig } from './config';
+import { familyOf } from './family';
 import type { WeightformerModel } from './model';
 import { paramSpecs } from './model';
+import type { StudentArch } from './tokens';
 import { layoutOf } from './tokens';
 
 const MAGIC = 'WFWF';
@@ -24,7 +24,7 @@ const WHAT = 'WeightFormer file';
 
 interface Header {
   config: WeightformerConfig;
-  arch: ArchitectureSpec;
+  arch: StudentArch;
   signature: string;
   tokenNorm: number[];
   probe: { n: number; norm: number[] } | null;
@@ -36,7 +36,8 @@ function checkFinite(a: Float32Array, where: string): void {
 }
 
 /** Bytes of `m`; refuses non-finite parameters (a diverged model must never become an artifact). */
-export function serializeWeightformer(m: WeightformerModel): Uint8Array {
+export function serializeWeightformer(m: WeightformerModel<StudentArch>): Uint8Array {
+  const family = familyOf(m.arch);
   const layout = layoutOf(m.arch);
   const specs = paramSpecs(m.arch, m.config);
   const header: Header = {
@@ -51,7 +52,7 @@ export function serializeWeightformer(m: WeightformerModel): Uint8Array {
   out.ascii(MAGIC);
   out.u32(VERSION);
   out.utf8(JSON.stringify(header));
-  out.blob(serializeParams(m.reference));
+  out.blob(family.serialize(m.reference));
   layout.layers.forEach((L, l) => {
     const size = L.rows * L.rowSize;
     for (const a of [m.stats.center[l], m.stats.scale[l]]) {
@@ -79,7 +80,7 @@ const ADDED_CONFIG_DEFAULTS: Partial<WeightformerConfig> = { contentGate: false,
 const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 
 /** Parses and validates a WeightFormer file. */
-export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel {
+export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel<StudentArch> {
   const r = openContainer(bytes, { magic: MAGIC, version: VERSION, what: WHAT });
   const header = readJsonHeader<Header>(r, WHAT);
   if (typeof header !== 'object' || header === null || typeof header.config !== 'object' || typeof header.arch !== 'object') {
@@ -88,8 +89,10 @@ export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel {
   // Fields added after files were first written default to the behaviour those files had.
   header.config = { ...ADDED_CONFIG_DEFAULTS, ...header.config };
   checkWeightformerConfig(header.config);
-  checkArchitecture(header.arch);
-  const signature = architectureSignature(header.arch);
+  const family = familyOf(header.arch);
+  family.checkArch(header.arch);
+  if (header.config.probeTokens && !family.probeTokens) throw new InputError(`${WHAT}: probe tokens with a ${family.name} student`);
+  const signature = family.signature(header.arch);
   if (header.signature !== signature) throw new InputError(`${WHAT}: signature ${String(header.signature)} does not match its architecture ${signature}`);
   const layout = layoutOf(header.arch);
   const L = layout.layers.length;
@@ -100,8 +103,8 @@ export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel {
   if (!Array.isArray(header.paramNames) || header.paramNames.join(',') !== specs.map((s) => s.name).join(',')) {
     throw new InputError(`${WHAT}: its parameters do not match its config`);
   }
-  const reference = deserializeParams(r.blob());
-  checkParamsMatch(reference, header.arch);
+  const reference = family.deserialize(r.blob());
+  family.checkParams(reference, header.arch);
   const center: Float32Array[] = [];
   const scale: Float32Array[] = [];
   for (const layer of layout.layers) {
@@ -115,7 +118,7 @@ export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel {
     if (!p || p.n !== header.config.probeSize || !Array.isArray(p.norm) || p.norm.length !== L || !p.norm.every((v) => isNum(v) && v > 0)) {
       throw new InputError(`${WHAT}: bad probe statistics`);
     }
-    const x = r.f32Array(p.n * header.arch.inputSize);
+    const x = r.f32Array(p.n * family.inputSize(header.arch));
     const pc = layout.layers.map((layer) => r.f32Array(layer.rows * p.n));
     probe = { x, n: p.n, center: pc, norm: p.norm.slice() };
   } else if (header.probe !== null) {

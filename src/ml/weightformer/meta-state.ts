@@ -12,6 +12,7 @@ import type { LossPoint } from '../train-state';
 import { deserializeWeightformer, serializeWeightformer } from './io';
 import type { WeightformerModel } from './model';
 import { paramCountOf } from './model';
+import type { StudentArch } from './tokens';
 
 export interface ValPoint {
   step: number;
@@ -25,8 +26,8 @@ export interface MetaTrainState {
   fingerprint: string;
   /** Meta-steps done. */
   step: number;
-  /** The model after `step` steps (its stats and reference are fixed at initialisation). */
-  model: WeightformerModel;
+  /** The model after `step` steps (its stats and reference are fixed at initialisation); any family. */
+  model: WeightformerModel<StudentArch>;
   /** Adam over all parameters as one flat vector in `paramSpecs` order; `t` updates done. */
   adam: { t: number; m: Float32Array; v: Float32Array };
   /** The stream that draws each step's teacher subset and data batch. */

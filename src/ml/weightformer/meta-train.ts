@@ -11,45 +11,47 @@
  * ensembles (held-out teachers, never in the zoo) are scored on the validation data; the best model is
  * returned. Checkpoints hold the model, Adam's state, the random stream and the best model, so resuming
  * reproduces an uninterrupted run bit for bit on deterministic backends (cpu, wasm).
+ *
+ * Any student family (`family.ts`): the zoo's family decides how teachers are aligned, how the functional
+ * student runs (a CNN's BN in eval mode with its predicted running statistics by default,
+ * `studentBn`), and how students are scored.
  */
 import { createHash } from 'node:crypto';
 import { setImmediate as nextMacrotask } from 'node:timers/promises';
 import type { ArchitectureSpec } from '../../spec/types';
 import { InputError } from '../../util/errors';
 import { adamUpdate, ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON } from '../adam';
-import { alignToReference } from '../align';
 import type { Dataset } from '../data';
 import { datasetDigest, featureSize, selectExamples } from '../data';
-import type { MlpParams } from '../mlp';
-import { accuracy, architectureSignature, checkArchitecture, checkParamsMatch, predictProbs } from '../mlp';
-import { paramsDigest } from '../params-io';
 import { Rng, deriveSeed } from '../rng';
 import { tf } from '../tf';
 import type { LossBatch } from '../train';
-import { mlpLoss } from '../train';
 import type { LossPoint } from '../train-state';
 import type { WeightformerConfig } from './config';
 import { canonicalConfig, checkWeightformerConfig } from './config';
+import type { StudentBnMode } from './family';
+import { familyOf } from './family';
 import { generateWith } from './generate';
 import type { WeightformerModel } from './model';
-import { asParams, disposeModelConstants, disposeSet, initWeightformer, modelConstants, paramSpecs, rowsToMlpTensors, studentRows, uploadSet } from './model';
+import { asParams, disposeModelConstants, disposeSet, initWeightformer, modelConstants, paramSpecs, studentRows, uploadSet } from './model';
 import type { MetaTrainState, ValPoint } from './meta-state';
-import type { TeacherFeatures } from './tokens';
+import type { ParamsOf, StudentArch, StudentParams, TeacherFeatures } from './tokens';
 import { assembleSet, teacherFeatures } from './tokens';
 
 export type { MetaTrainState, ValPoint } from './meta-state';
 
-export interface MetaTrainOptions {
-  arch: ArchitectureSpec;
+/** `A`: the student architecture type (MLP by default, `CnnArchitecture` for CNN zoos). */
+export interface MetaTrainOptions<A extends StudentArch = ArchitectureSpec> {
+  arch: A;
   config: WeightformerConfig;
   /** The meta-training pool (at least 2, at least tMax). */
-  zoo: MlpParams[];
+  zoo: Array<ParamsOf<A>>;
   /** The alignment target, stored with the model: `zooReference(zoo)` (see there for why). */
-  reference: MlpParams;
+  reference: ParamsOf<A>;
   /** The only data meta-training reads (batches, and the probe batch of probe tokens). */
   consolidation: Dataset;
   /** Chooses the returned checkpoint: held-out ensembles (never in the zoo) scored on held-out data. */
-  validation: { ensembles: MlpParams[][]; data: Dataset };
+  validation: { ensembles: Array<Array<ParamsOf<A>>>; data: Dataset };
   steps: number;
   batchSize: number;
   learningRate: number;
@@ -62,6 +64,11 @@ export interface MetaTrainOptions {
   checkpointEvery: number;
   /** Steps between validations; 0: only before the first and after the last step. */
   evalEvery: number;
+  /**
+   * CNNs with BN: how the generated student normalises in the meta-loss (default 'eval', see
+   * `StudentBnMode`). Validation always scores in eval mode, as the student is used. Ignored for MLPs.
+   */
+  studentBn?: StudentBnMode;
 }
 
 export interface MetaStepInfo {
@@ -77,9 +84,9 @@ export interface MetaTrainHooks {
   shouldAbort?(): boolean;
 }
 
-export interface MetaTrainResult {
+export interface MetaTrainResult<A extends StudentArch = ArchitectureSpec> {
   /** The best model by validation accuracy (the last one without validation ensembles). */
-  model: WeightformerModel;
+  model: WeightformerModel<A>;
   curve: LossPoint[];
   valCurve: ValPoint[];
   bestStep: number;
@@ -93,15 +100,21 @@ export class MetaTrainingAbortedError extends Error {
   }
 }
 
-function checkOptions(o: MetaTrainOptions): void {
-  checkArchitecture(o.arch);
+/** The options with the family's types erased (the family adapter checks them at run time). */
+type AnyOptions = MetaTrainOptions<StudentArch> & { zoo: StudentParams[]; reference: StudentParams; validation: { ensembles: StudentParams[][]; data: Dataset } };
+
+function checkOptions(o: AnyOptions): void {
+  const family = familyOf(o.arch);
+  family.checkArch(o.arch);
   checkWeightformerConfig(o.config);
-  checkParamsMatch(o.reference, o.arch);
-  for (const p of o.zoo) checkParamsMatch(p, o.arch);
+  if (o.config.probeTokens && !family.probeTokens) throw new InputError(`probe tokens are not supported for ${family.name} students`);
+  family.checkParams(o.reference, o.arch);
+  for (const p of o.zoo) family.checkParams(p, o.arch);
   for (const e of o.validation.ensembles) {
     if (e.length < 1) throw new InputError('a validation ensemble is empty');
-    for (const p of e) checkParamsMatch(p, o.arch);
+    for (const p of e) family.checkParams(p, o.arch);
   }
+  if (o.studentBn !== undefined && o.studentBn !== 'eval' && o.studentBn !== 'train') throw new InputError(`studentBn must be eval or train, got ${String(o.studentBn)}`);
   const int = (name: string, v: number, min: number): void => {
     if (!Number.isInteger(v) || v < min) throw new InputError(`${name} must be an integer ≥ ${min}, got ${v}`);
   };
@@ -116,31 +129,37 @@ function checkOptions(o: MetaTrainOptions): void {
   if (!(o.learningRate > 0) || !Number.isFinite(o.learningRate)) throw new InputError(`learningRate must be positive, got ${o.learningRate}`);
   if (!(o.temperature > 0) || !Number.isFinite(o.temperature)) throw new InputError(`temperature must be positive, got ${o.temperature}`);
   if (!(o.kdWeight >= 0 && o.kdWeight <= 1)) throw new InputError(`kdWeight must be in [0, 1], got ${o.kdWeight}`);
-  if (o.consolidation.n < 1 || featureSize(o.consolidation) !== o.arch.inputSize) {
-    throw new InputError(`the consolidation set must be non-empty with ${o.arch.inputSize} features`);
+  const inputSize = family.inputSize(o.arch);
+  const outputSize = family.outputSize(o.arch);
+  if (o.consolidation.n < 1 || featureSize(o.consolidation) !== inputSize) {
+    throw new InputError(`the consolidation set must be non-empty with ${inputSize} features`);
   }
   for (const ds of [o.consolidation, o.validation.data]) {
-    for (const label of ds.y) if (!(label >= 0 && label < o.arch.outputSize)) throw new InputError(`label ${label} outside 0..${o.arch.outputSize - 1}`);
+    for (const label of ds.y) if (!(label >= 0 && label < outputSize)) throw new InputError(`label ${label} outside 0..${outputSize - 1}`);
   }
-  if (o.validation.ensembles.length > 0 && (o.validation.data.n < 1 || featureSize(o.validation.data) !== o.arch.inputSize)) {
-    throw new InputError(`the validation data must be non-empty with ${o.arch.inputSize} features`);
+  if (o.validation.ensembles.length > 0 && (o.validation.data.n < 1 || featureSize(o.validation.data) !== inputSize)) {
+    throw new InputError(`the validation data must be non-empty with ${inputSize} features`);
   }
   if (o.config.probeTokens && o.consolidation.n < o.config.probeSize) {
     throw new InputError(`probe tokens need ${o.config.probeSize} consolidation examples, there are ${o.consolidation.n}`);
   }
 }
 
-function fingerprintOf(o: MetaTrainOptions): string {
+function fingerprintOf(o: AnyOptions): string {
+  const family = familyOf(o.arch);
+  const digest = (p: StudentParams): string => family.digest(p);
+  // MLP runs hash exactly what they hashed before families existed (their checkpoints stay resumable).
+  const extra = family.name === 'mlp' ? {} : { studentBn: o.studentBn ?? 'eval' };
   return createHash('sha256')
     .update(
       JSON.stringify({
         trainer: 'metaTrain/1',
-        arch: architectureSignature(o.arch),
+        arch: family.signature(o.arch),
         config: canonicalConfig(o.config),
-        zoo: o.zoo.map(paramsDigest),
-        reference: paramsDigest(o.reference),
+        zoo: o.zoo.map(digest),
+        reference: digest(o.reference),
         consolidation: datasetDigest(o.consolidation),
-        validation: { ensembles: o.validation.ensembles.map((e) => e.map(paramsDigest)), data: o.validation.ensembles.length > 0 ? datasetDigest(o.validation.data) : null },
+        validation: { ensembles: o.validation.ensembles.map((e) => e.map(digest)), data: o.validation.ensembles.length > 0 ? datasetDigest(o.validation.data) : null },
         steps: o.steps,
         batchSize: o.batchSize,
         learningRate: o.learningRate,
@@ -151,13 +170,14 @@ function fingerprintOf(o: MetaTrainOptions): string {
         seed: o.seed,
         evalEvery: o.evalEvery,
         adam: [ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON],
+        ...extra,
       }),
     )
     .digest('hex');
 }
 
 /** All parameters as one vector in `paramSpecs` order. */
-export function flattenWeightformerParams(m: WeightformerModel): Float32Array {
+export function flattenWeightformerParams(m: WeightformerModel<StudentArch>): Float32Array {
   const specs = paramSpecs(m.arch, m.config);
   const out = new Float32Array(specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0));
   let at = 0;
@@ -171,7 +191,7 @@ export function flattenWeightformerParams(m: WeightformerModel): Float32Array {
 }
 
 /** `m` with its parameters replaced by the flat vector `flat` (copied). */
-export function withFlatParams(m: WeightformerModel, flat: Float32Array): WeightformerModel {
+export function withFlatParams<A extends StudentArch>(m: WeightformerModel<A>, flat: Float32Array): WeightformerModel<A> {
   const params: Record<string, Float32Array> = {};
   let at = 0;
   for (const s of paramSpecs(m.arch, m.config)) {
@@ -214,8 +234,15 @@ function sampleWithoutReplacement(rng: Rng, n: number, k: number): Int32Array {
  *   { onStep: (s) => heartbeat(s), onCheckpoint: (st) => save(serializeMetaTrainState(st)) },
  * );
  */
-export async function metaTrain(o: MetaTrainOptions, hooks: MetaTrainHooks = {}, resumeFrom?: MetaTrainState): Promise<MetaTrainResult> {
+export async function metaTrain<A extends StudentArch = ArchitectureSpec>(
+  options: MetaTrainOptions<A>,
+  hooks: MetaTrainHooks = {},
+  resumeFrom?: MetaTrainState,
+): Promise<MetaTrainResult<A>> {
+  const o = options as unknown as AnyOptions;
   checkOptions(o);
+  const family = familyOf(o.arch);
+  const studentBn: StudentBnMode = o.studentBn ?? 'eval';
   const fingerprint = fingerprintOf(o);
   if (resumeFrom) {
     if (resumeFrom.fingerprint !== fingerprint) {
@@ -224,7 +251,9 @@ export async function metaTrain(o: MetaTrainOptions, hooks: MetaTrainHooks = {},
     if (resumeFrom.step > o.steps || resumeFrom.curve.length !== resumeFrom.step) throw new InputError('the checkpoint position does not fit this run');
   }
   const probe = o.config.probeTokens ? probeBatch(o.consolidation, o.config.probeSize, o.seed) : undefined;
-  const model0 = resumeFrom?.model ?? initWeightformer(o.arch, o.config, o.reference, o.zoo, deriveSeed(o.seed, 'weightformer-init'), probe);
+  // The fingerprint covers the architecture, so a resumed model has this run's family and shapes.
+  const model0: WeightformerModel<StudentArch> =
+    resumeFrom?.model ?? initWeightformer<StudentArch>(o.arch, o.config, o.reference, o.zoo, deriveSeed(o.seed, 'weightformer-init'), probe);
   const specs = paramSpecs(model0.arch, model0.config);
   const names = specs.map((s) => s.name);
   const sizes = specs.map((s) => s.shape.reduce((a, b) => a * b, 1));
@@ -233,12 +262,12 @@ export async function metaTrain(o: MetaTrainOptions, hooks: MetaTrainHooks = {},
   // Precomputed once: the zoo's and the validation ensembles' tokens, the zoo's soft targets.
   const layoutConst = modelConstants(model0);
   const { layout, config } = layoutConst;
-  const featuresOf = (p: MlpParams): TeacherFeatures => teacherFeatures(layout, config, model0.stats, alignToReference(model0.reference, p));
+  const featuresOf = (p: StudentParams): TeacherFeatures => teacherFeatures(layout, config, model0.stats, family.align(model0.reference, p));
   const zooFeatures = o.zoo.map(featuresOf);
   const valFeatures = o.validation.ensembles.map((e) => e.map(featuresOf));
-  const classes = o.arch.outputSize;
+  const classes = family.outputSize(o.arch);
   const zooProbs: Float32Array[] = [];
-  for (const p of o.zoo) zooProbs.push(await predictProbs(p, o.consolidation, o.temperature));
+  for (const p of o.zoo) zooProbs.push(await family.predictProbs(p, o.consolidation, o.temperature));
   const d = featureSize(o.consolidation);
   const batchSize = Math.min(o.batchSize, o.consolidation.n);
 
@@ -288,7 +317,7 @@ export async function metaTrain(o: MetaTrainOptions, hooks: MetaTrainHooks = {},
     if (valFeatures.length === 0) return;
     const p = asParams(names, params);
     let sum = 0;
-    for (const f of valFeatures) sum += await accuracy(await generateWith(p, layoutConst, model0, f), o.validation.data);
+    for (const f of valFeatures) sum += await family.accuracy(await generateWith(p, layoutConst, model0, f), o.validation.data);
     const acc = sum / valFeatures.length;
     valCurve.push({ step, accuracy: acc });
     if (!best || acc > best.accuracy) best = { step, accuracy: acc, params: await downloadFlat(params) };
@@ -335,7 +364,7 @@ export async function metaTrain(o: MetaTrainOptions, hooks: MetaTrainHooks = {},
             kd: { probs: tf.tensor2d(pb, [batchSize, classes]), negEntropy: tf.tensor1d(hb), weight: o.kdWeight, temperature: o.temperature },
           };
           const { value, grads } = tf.valueAndGrads((...ps: tf.Tensor[]) =>
-            mlpLoss(rowsToMlpTensors(studentRows(asParams(names, ps), layoutConst, set), layout, o.arch.activation), batch),
+            family.loss(studentRows(asParams(names, ps), layoutConst, set), layout, o.arch, batch, studentBn),
           )(params);
           const flatP = tf.concat(params.map((p) => tf.reshape(p, [-1])));
           const flatG = tf.concat(grads.map((g) => tf.reshape(g, [-1])));
@@ -364,7 +393,7 @@ export async function metaTrain(o: MetaTrainOptions, hooks: MetaTrainHooks = {},
     }
     const finalFlat = best ? best.params : await downloadFlat(params);
     return {
-      model: withFlatParams(model0, finalFlat),
+      model: withFlatParams(model0, finalFlat) as WeightformerModel<A>,
       curve,
       valCurve,
       bestStep: best ? best.step : step,

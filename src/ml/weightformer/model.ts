@@ -1,5 +1,6 @@
 /**
- * The WeightFormer for MLPs: its parameters, initialisation and functional forward pass.
+ * The WeightFormer: its parameters, initialisation and functional forward pass, for any student family
+ * (MLP or CNN, `family.ts`): the model only sees rows.
  *
  * Shape of one pass over T aligned teachers (R = rows of all layers, d = width):
  *   per layer l: tokens [T·R_l, tokenSize_l] → input adapter → [T, R_l, d]; concatenated → [T, R, d]
@@ -8,7 +9,8 @@
  *   blocks × { set attention across the T teachers of each row; axial attention across the rows of each
  *     teacher (all layers, or within a layer); MLP }, pre-norm, residual
  *   final norm → mean over teachers → per-layer output adapter [R_l, d] → delta [R_l, rowSize_l]
- *   student rows = base + delta ⊙ scale, base = aligned mean (or the mixing-weighted mean)
+ *   student rows = base + delta ⊙ scale, base = aligned mean (or the mixing-weighted mean); a BN running
+ *     variance instead base · positiveFactor(delta · relative spread), which stays > 0
  * The output adapters (and the mixing head) start at zero, so an untrained model returns the aligned
  * average exactly.
  *
@@ -18,28 +20,32 @@
  */
 import type { ArchitectureSpec } from '../../spec/types';
 import { InputError } from '../../util/errors';
-import { alignToReference } from '../align';
 import type { Dataset } from '../data';
 import { featureSize } from '../data';
-import type { MlpParams, MlpTensors } from '../mlp';
-import { architectureSignature, checkArchitecture, checkParamsMatch } from '../mlp';
 import { Rng } from '../rng';
 import { matMulT } from '../matmul';
 import { tf } from '../tf';
 import type { WeightformerConfig } from './config';
 import { canonicalConfig, checkWeightformerConfig } from './config';
-import type { Layout, SetArrays, ZooStats } from './tokens';
+import { familyOf } from './family';
+import type { Layout, ParamsOf, SetArrays, StudentArch, StudentParams, ZooStats } from './tokens';
 import { layoutOf, tokenSize, zooStats } from './tokens';
 
-/** A trained (or fresh) WeightFormer: everything needed to consolidate an ensemble of its architecture. */
-export interface WeightformerModel {
+export { rowsToMlpTensors } from './family';
+
+/**
+ * A trained (or fresh) WeightFormer: everything needed to consolidate an ensemble of its architecture.
+ * `A` is the student architecture type: the default (MLP) keeps MLP code typed as before;
+ * `WeightformerModel<CnnArchitecture>` is a CNN one, `WeightformerModel<StudentArch>` either (a loaded file).
+ */
+export interface WeightformerModel<A extends StudentArch = ArchitectureSpec> {
   version: 1;
   config: WeightformerConfig;
-  arch: ArchitectureSpec;
-  /** `architectureSignature(arch)`: only ensembles with this signature can be consolidated. */
+  arch: A;
+  /** The family's signature of `arch` (`architectureSignature`, `cnnSignature`): only ensembles with it can be consolidated. */
   signature: string;
   /** The teacher every ensemble is aligned to before it is read (its row positions are the embeddings'). */
-  reference: MlpParams;
+  reference: ParamsOf<A>;
   /** Zoo statistics: token normalisation, the per-parameter delta scale, and the probe batch. */
   stats: ZooStats;
   /** The learned tensors by name, in `paramSpecs` order; shapes come from `paramSpecs(arch, config)`. */
@@ -54,7 +60,7 @@ export interface ParamSpec {
 }
 
 /** The model's tensors, in a fixed order (the order of flat optimiser state and of the file). */
-export function paramSpecs(arch: ArchitectureSpec, config: WeightformerConfig): ParamSpec[] {
+export function paramSpecs(arch: StudentArch, config: WeightformerConfig): ParamSpec[] {
   const layout = layoutOf(arch);
   const { d } = config;
   const hidden = Math.round(config.mlpRatio * d);
@@ -86,7 +92,7 @@ export function paramSpecs(arch: ArchitectureSpec, config: WeightformerConfig): 
   return specs;
 }
 
-export function paramCountOf(arch: ArchitectureSpec, config: WeightformerConfig): number {
+export function paramCountOf(arch: StudentArch, config: WeightformerConfig): number {
   return paramSpecs(arch, config).reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
 }
 
@@ -100,27 +106,31 @@ export function paramCountOf(arch: ArchitectureSpec, config: WeightformerConfig)
  * const model = initWeightformer(arch, weightformerConfig({ d: 64 }), zoo[0], zoo, 7);
  * const student = await generateStudent(model, ensemble); // = aligned average before meta-training
  */
-export function initWeightformer(
-  arch: ArchitectureSpec,
+export function initWeightformer<A extends StudentArch>(
+  arch: A,
   config: WeightformerConfig,
-  reference: MlpParams,
-  zoo: MlpParams[],
+  reference: ParamsOf<A>,
+  zoo: Array<ParamsOf<A>>,
   seed: number,
   probe?: Dataset,
-): WeightformerModel {
-  checkArchitecture(arch);
+): WeightformerModel<A> {
+  const family = familyOf(arch);
+  family.checkArch(arch);
   checkWeightformerConfig(config);
-  checkParamsMatch(reference, arch);
-  for (const p of zoo) checkParamsMatch(p, arch);
+  if (config.probeTokens && !family.probeTokens) throw new InputError(`probe tokens are not supported for ${family.name} students`);
+  const ref: StudentParams = reference;
+  family.checkParams(ref, arch);
+  for (const p of zoo as StudentParams[]) family.checkParams(p, arch);
   const layout = layoutOf(arch);
-  const aligned = zoo.map((p) => alignToReference(reference, p));
+  const aligned = (zoo as StudentParams[]).map((p) => family.align(ref, p));
   let probeBatch: { x: Float32Array; n: number } | null = null;
   if (config.probeTokens) {
     if (!probe || probe.n < config.probeSize) {
       throw new InputError(`probe tokens need a probe dataset of at least ${config.probeSize} examples`);
     }
-    if (featureSize(probe) !== arch.inputSize) throw new InputError('the probe data does not fit the architecture');
-    probeBatch = { x: probe.x.slice(0, config.probeSize * arch.inputSize), n: config.probeSize };
+    const inputSize = family.inputSize(arch);
+    if (featureSize(probe) !== inputSize) throw new InputError('the probe data does not fit the architecture');
+    probeBatch = { x: probe.x.slice(0, config.probeSize * inputSize), n: config.probeSize };
   }
   const stats = zooStats(layout, config, aligned, probeBatch);
   const rng = new Rng(seed);
@@ -133,8 +143,8 @@ export function initWeightformer(
   return {
     version: 1,
     config: canonicalConfig(config),
-    arch: { ...arch, hidden: arch.hidden.slice() },
-    signature: architectureSignature(arch),
+    arch: family.cloneArch(arch) as A,
+    signature: family.signature(arch),
     reference,
     stats,
     params,
@@ -151,9 +161,16 @@ export interface ModelConstants {
   mask: tf.Tensor2D | null;
   /** Per layer [rows, rowSize]. */
   scale: tf.Tensor2D[];
+  /**
+   * Per layer with `inputUnit` (CNN) and mixing: [rowSize, previous layer's rows], the one-hot map of
+   * each column to the unit it reads (zero rows for bias and BN entries); null elsewhere.
+   */
+  select: Array<tf.Tensor2D | null>;
+  /** Per layer with a `varianceColumn`: [rows, 1], the zoo's relative spread of each variance (≤ 1); null elsewhere. */
+  varianceScale: Array<tf.Tensor2D | null>;
 }
 
-export function modelConstants(m: Pick<WeightformerModel, 'arch' | 'config' | 'stats'>): ModelConstants {
+export function modelConstants(m: Pick<WeightformerModel<StudentArch>, 'arch' | 'config' | 'stats'>): ModelConstants {
   const layout = layoutOf(m.arch);
   const R = layout.totalRows;
   const L = layout.layers.length;
@@ -177,11 +194,36 @@ export function modelConstants(m: Pick<WeightformerModel, 'arch' | 'config' | 's
     layerOneHot: tf.tensor2d(oneHot, [R, L]),
     mask,
     scale: layout.layers.map((layer, l) => tf.tensor2d(m.stats.scale[l] ?? new Float32Array(), [layer.rows, layer.rowSize])),
+    select: layout.layers.map((layer, l) => {
+      const prev = layout.layers[l - 1];
+      if (!m.config.mixing || !layer.inputUnit || !prev) return null;
+      const a = new Float32Array(layer.rowSize * prev.rows);
+      layer.inputUnit.forEach((u, k) => {
+        if (u >= 0) a[k * prev.rows + u] = 1;
+      });
+      return tf.tensor2d(a, [layer.rowSize, prev.rows]);
+    }),
+    varianceScale: layout.layers.map((layer, l) => {
+      const vc = layer.varianceColumn;
+      if (vc === undefined) return null;
+      const center = m.stats.center[l] ?? new Float32Array();
+      const scale = m.stats.scale[l] ?? new Float32Array();
+      // A unit of delta moves a variance by the zoo's relative spread (std / mean), capped at 1 so that a
+      // channel whose variance is ~0 in the zoo cannot make the factor explode.
+      const rel = new Float32Array(layer.rows);
+      for (let r = 0; r < layer.rows; r++) {
+        const s = scale[r * layer.rowSize + vc] ?? 0;
+        const mean = center[r * layer.rowSize + vc] ?? 0;
+        rel[r] = s / Math.max(mean, s, 1e-12);
+      }
+      return tf.tensor2d(rel, [layer.rows, 1]);
+    }),
   };
 }
 
 export function disposeModelConstants(c: ModelConstants): void {
-  tf.dispose([c.layerOneHot, ...c.scale, ...(c.mask ? [c.mask] : [])]);
+  const extra = [...c.select, ...c.varianceScale].filter((t): t is tf.Tensor2D => t !== null);
+  tf.dispose([c.layerOneHot, ...c.scale, ...(c.mask ? [c.mask] : []), ...extra]);
 }
 
 /** The tensors of one teacher set. */
@@ -289,9 +331,33 @@ export function studentRows(p: Params, c: ModelConstants, s: SetTensors): tf.Ten
     const delta = tf.add(tf.matMul(rows, param(p, `out.${l}.w`) as tf.Tensor2D), param(p, `out.${l}.b`));
     let base: tf.Tensor = s.base[l] as tf.Tensor2D;
     const rdt = s.rowsRDT?.[l];
-    if (mixLogits && rdt) base = tf.add(base, mixedCorrection(mixLogits, layout, l, T, rdt));
-    return tf.add(base, tf.mul(delta, c.scale[l] as tf.Tensor2D)) as tf.Tensor2D;
+    if (mixLogits && rdt) base = tf.add(base, mixedCorrection(mixLogits, layout, l, T, rdt, c.select[l] ?? null));
+    const rowsOut = tf.add(base, tf.mul(delta, c.scale[l] as tf.Tensor2D)) as tf.Tensor2D;
+    const vc = L.varianceColumn;
+    const vs = c.varianceScale[l];
+    if (vc === undefined || !vs) return rowsOut;
+    // BN running variance (the last column): base · positiveFactor(delta · relative spread) instead of
+    // base + delta · spread. Same first-order step, but it stays > 0 whatever the delta (a negative
+    // variance would make BN divide by √ε and wreck the student) and is exactly the base at delta 0.
+    const head = tf.slice(rowsOut, [0, 0], [L.rows, vc]);
+    const varianceBase = tf.slice(base, [0, vc], [L.rows, 1]);
+    const x = tf.mul(tf.slice(delta, [0, vc], [L.rows, 1]), vs);
+    return tf.concat([head, tf.mul(varianceBase, positiveFactor(x))], 1) as tf.Tensor2D;
   });
+}
+
+/**
+ * 1 + x for x ≥ 0, 1 / (1 − x) for x < 0: positive, C¹ (slope 1 at 0 from both sides), and exactly 1 at
+ * x = 0, so an untrained model returns the teachers' mean variance bit for bit (exp would need exp(0) to
+ * be exactly 1 on every backend). Written as max(x, 0) + 1 / (1 − min(x, 0)) with min(x, 0) = x − max(x, 0):
+ * the registered Maximum gradient passes dy where x ≥ 0, so the slope at exactly 0 is 1 and a
+ * zero-initialised output adapter still gets a gradient (a ReLU-based form would pass 0 there and stay
+ * stuck at 0 forever).
+ */
+function positiveFactor(x: tf.Tensor): tf.Tensor {
+  const pos = tf.maximum(x, 0);
+  const neg = tf.sub(x, pos);
+  return tf.add(pos, tf.div(1, tf.sub(1, neg)));
 }
 
 /**
@@ -301,13 +367,17 @@ export function studentRows(p: Params, c: ModelConstants, s: SetTensors): tf.Ten
  * weighted by softmax_t(logit[t, unit r] + logit[t, input unit k]): the incoming and outgoing weights of
  * a hidden unit are mixed with the same teacher weights (unit-consistent).
  */
-function mixedCorrection(logits: tf.Tensor, layout: Layout, l: number, T: number, rdt: tf.Tensor3D): tf.Tensor2D {
+function mixedCorrection(logits: tf.Tensor, layout: Layout, l: number, T: number, rdt: tf.Tensor3D, select: tf.Tensor2D | null): tf.Tensor2D {
   const L = layout.layers[l];
   if (!L) throw new Error(`layer ${l} missing`);
   const own = tf.reshape(tf.transpose(tf.slice(logits, [0, L.rowOffset], [T, L.rows])), [L.rows, 1, T]);
   let e: tf.Tensor = own;
   const prev = layout.layers[l - 1];
-  if (prev) {
+  if (prev && select) {
+    // CNN: column k takes the logit of the unit it reads (select is one-hot; zero rows for bias and BN).
+    const inputs = tf.transpose(tf.slice(logits, [0, prev.rowOffset], [T, prev.rows])); // [prevRows, T]
+    e = tf.add(own, tf.reshape(tf.matMul(select, inputs as tf.Tensor2D), [1, L.rowSize, T]));
+  } else if (prev) {
     const inputs = tf.transpose(tf.slice(logits, [0, prev.rowOffset], [T, prev.rows])); // [inSize, T]
     const withBias = tf.concat([inputs, tf.zeros([1, T])], 0); // the bias column follows the row only
     e = tf.add(own, tf.reshape(withBias, [1, L.rowSize, T]));
@@ -317,7 +387,7 @@ function mixedCorrection(logits: tf.Tensor, layout: Layout, l: number, T: number
 }
 
 /** Uploads the model's parameters, in `paramSpecs` order. */
-export function uploadParams(m: WeightformerModel): { names: string[]; tensors: tf.Tensor[] } {
+export function uploadParams(m: WeightformerModel<StudentArch>): { names: string[]; tensors: tf.Tensor[] } {
   const specs = paramSpecs(m.arch, m.config);
   return {
     names: specs.map((s) => s.name),
@@ -336,18 +406,4 @@ export function asParams(names: string[], tensors: tf.Tensor[]): Params {
     if (t) p[n] = t;
   });
   return p;
-}
-
-/** The student rows as MLP tensors (w = first inSize columns transposed, b = last column). */
-export function rowsToMlpTensors(rows: tf.Tensor2D[], layout: Layout, activation: MlpParams['activation']): MlpTensors {
-  return {
-    activation,
-    layers: layout.layers.map((L, l) => {
-      const r = rows[l] as tf.Tensor2D;
-      return {
-        w: tf.transpose(tf.slice(r, [0, 0], [L.rows, L.inSize])) as tf.Tensor2D,
-        b: tf.reshape(tf.slice(r, [0, L.inSize], [L.rows, 1]), [L.rows]) as tf.Tensor1D,
-      };
-    }),
-  };
 }

@@ -2,8 +2,10 @@
  * Choosing the teacher every ensemble is aligned to.
  */
 import { InputError } from '../../util/errors';
-import { alignedAverage } from '../align';
+import type { CnnParams } from '../cnn/architecture';
 import type { MlpParams } from '../mlp';
+import { familyOfParams } from './family';
+import type { StudentParams } from './tokens';
 
 /**
  * The alignment reference for a zoo: its aligned average (every zoo teacher weight-matched to the first,
@@ -14,13 +16,20 @@ import type { MlpParams } from '../mlp';
  * held-out T=4 ensembles, 2,000 test digits): a held-out ensemble's aligned average scores 87.8% aligned
  * to this barycenter but 84.6% aligned to a single zoo teacher, whose units are a poor template for the
  * units other teachers learned differently. Further rounds (re-aligning the zoo to the barycenter) gave
- * 87.3%, so one round it is.
+ * 87.3%, so one round it is. CNN zoos get the same (channels matched by `alignCnnToReference`; BN
+ * running statistics averaged, which is fine for a template that is only matched against).
  *
  * @example
  * const reference = zooReference(zoo);
  * const model = initWeightformer(arch, config, reference, zoo, seed);
  */
-export function zooReference(zoo: MlpParams[]): MlpParams {
-  if (zoo.length < 1) throw new InputError('the zoo is empty');
-  return alignedAverage(zoo, 0);
+export function zooReference(zoo: MlpParams[]): MlpParams;
+export function zooReference(zoo: CnnParams[]): CnnParams;
+export function zooReference(zoo: StudentParams[]): StudentParams;
+export function zooReference(zoo: StudentParams[]): StudentParams {
+  const first = zoo[0];
+  if (!first) throw new InputError('the zoo is empty');
+  const family = familyOfParams(first);
+  if (zoo.some((p) => familyOfParams(p) !== family)) throw new InputError('the zoo mixes architecture families');
+  return family.alignedAverage(zoo);
 }

@@ -1,24 +1,43 @@
 /**
  * Host-side token building: aligned teachers → rows, normalised tokens, residual bases.
  *
- * A token is one output unit of one layer of one teacher: `[w[:, j], b[j]]` (inSize + 1 values), then,
- * with probe tokens, that unit's pre-activations on the model's probe batch. Everything here is plain
- * float arithmetic on the host (float64 accumulation), so it is identical on every backend and costs no
- * tensor ops; the tensors of one forward pass are uploaded from these arrays.
+ * A token is one output unit of one layer of one teacher: for an MLP `[w[:, j], b[j]]` (inSize + 1
+ * values), for a CNN the rows of `cnn/rows.ts` (a conv channel's kernel slice, bias and BN entries; a
+ * dense unit's incoming weights and bias); then, with probe tokens (MLP only), that unit's
+ * pre-activations on the model's probe batch. Everything here is plain float arithmetic on the host
+ * (float64 accumulation), so it is identical on every backend and costs no tensor ops; the tensors of one
+ * forward pass are uploaded from these arrays.
  */
 import type { ArchitectureSpec } from '../../spec/types';
 import { InputError } from '../../util/errors';
+import type { CnnArchitecture, CnnParams } from '../cnn/architecture';
+import { cnnFlatSize } from '../cnn/architecture';
+import { cnnRowsLayout, cnnToRows } from '../cnn/rows';
 import type { MlpParams } from '../mlp';
 import type { WeightformerConfig } from './config';
 
 export interface LayerLayout {
   /** Output units of the layer = tokens per teacher. */
   rows: number;
+  /** Incoming weights per row (MLP: the layer's input size; conv: k·k·cin). */
   inSize: number;
-  /** inSize + 1: the parameters of one row (incoming weights and bias). */
+  /** The parameters of one row: inSize weights, the bias, and (conv with BN) γ, β, running mean, running variance. */
   rowSize: number;
   /** Index of the layer's first row among all rows of the network. */
   rowOffset: number;
+  /**
+   * CNN layers only (absent for MLPs, whose code paths stay as they were): for each of the rowSize
+   * columns, the unit (row) of the previous layer that the column's weight reads, or −1 (bias, BN entries,
+   * and the first layer, which reads the input). A conv column t·cin + ci reads channel ci at tap t; the
+   * first dense layer's column (i·w + j)·c + ch reads channel ch at position (i, j). Mixing weights and
+   * the outgoing-weight agreement statistic follow a unit through these.
+   */
+  inputUnit?: Int32Array;
+  /**
+   * A column that holds a variance (a conv row's BN running variance, always its last column): predicted
+   * multiplicatively so that it stays positive (see `positiveFactor` in model.ts).
+   */
+  varianceColumn?: number;
 }
 
 export interface Layout {
@@ -26,7 +45,64 @@ export interface Layout {
   totalRows: number;
 }
 
-export function layoutOf(arch: ArchitectureSpec): Layout {
+/** The student families a WeightFormer can read and write (dispatch on `family`). */
+export type StudentArch = ArchitectureSpec | CnnArchitecture;
+export type StudentParams = MlpParams | CnnParams;
+/** The parameters of an architecture type: `ParamsOf<ArchitectureSpec>` is `MlpParams`. */
+export type ParamsOf<A extends StudentArch> = A extends CnnArchitecture ? CnnParams : MlpParams;
+
+export function isCnnParams(p: StudentParams): p is CnnParams {
+  return (p as CnnParams).family === 'cnn';
+}
+
+export function isCnnArch(arch: StudentArch): arch is CnnArchitecture {
+  return arch.family === 'cnn';
+}
+
+/** The rows of any student (MLP: `teacherRows`; CNN: `cnnToRows`). */
+export function rowsOf(p: StudentParams): Float32Array[] {
+  return isCnnParams(p) ? cnnToRows(p) : teacherRows(p);
+}
+
+export function layoutOf(arch: StudentArch): Layout {
+  return isCnnArch(arch) ? cnnLayoutOf(arch) : mlpLayoutOf(arch);
+}
+
+function cnnLayoutOf(arch: CnnArchitecture): Layout {
+  const rowsLayout = cnnRowsLayout(arch);
+  const k = arch.kernelSize;
+  const layers: LayerLayout[] = [];
+  let offset = 0;
+  let cin = arch.inputShape[2];
+  const blocks = arch.channels.length;
+  rowsLayout.forEach((r, l) => {
+    const inSize = r.rowSize - 1 - (r.kind === 'conv' && arch.batchNorm ? 4 : 0);
+    const layer: LayerLayout = { rows: r.rows, inSize, rowSize: r.rowSize, rowOffset: offset };
+    if (l > 0) {
+      const map = new Int32Array(r.rowSize).fill(-1);
+      if (r.kind === 'conv') {
+        for (let t = 0; t < k * k; t++) for (let ci = 0; ci < cin; ci++) map[t * cin + ci] = ci;
+      } else if (l === blocks) {
+        // The flatten is HWC with the channel fastest (see cnn/architecture.ts).
+        const c = arch.channels[blocks - 1] ?? 1;
+        if (inSize !== cnnFlatSize(arch)) throw new Error('cnn layout: flatten size mismatch');
+        for (let i = 0; i < inSize; i++) map[i] = i % c;
+      } else {
+        for (let i = 0; i < inSize; i++) map[i] = i;
+      }
+      layer.inputUnit = map;
+    }
+    if (r.kind === 'conv') {
+      if (arch.batchNorm) layer.varianceColumn = r.rowSize - 1;
+      cin = r.rows;
+    }
+    layers.push(layer);
+    offset += r.rows;
+  });
+  return { layers, totalRows: offset };
+}
+
+function mlpLayoutOf(arch: ArchitectureSpec): Layout {
   const sizes = [arch.inputSize, ...arch.hidden, arch.outputSize];
   const layers: LayerLayout[] = [];
   let offset = 0;
@@ -164,11 +240,11 @@ function meanAndSpread(samples: Float32Array[], size: number): { mean: Float32Ar
 export function zooStats(
   layout: Layout,
   config: WeightformerConfig,
-  alignedZoo: MlpParams[],
+  alignedZoo: StudentParams[],
   probe: { x: Float32Array; n: number } | null,
 ): ZooStats {
   if (alignedZoo.length < 2) throw new InputError(`a WeightFormer zoo needs at least 2 teachers, got ${alignedZoo.length}`);
-  const rows = alignedZoo.map(teacherRows);
+  const rows = alignedZoo.map(rowsOf);
   const center: Float32Array[] = [];
   const scale: Float32Array[] = [];
   const tokenNorm: number[] = [];
@@ -188,7 +264,7 @@ export function zooStats(
     if (!probe || probe.n !== config.probeSize) {
       throw new InputError(`probe tokens need a probe batch of ${config.probeSize} examples, got ${probe?.n ?? 0}`);
     }
-    const acts = alignedZoo.map((p) => probePreactivations(p, probe.x, probe.n));
+    const acts = alignedZoo.map((p) => probePreactivations(mlpOnly(p), probe.x, probe.n));
     const pc: Float32Array[] = [];
     const pn: number[] = [];
     layout.layers.forEach((L, l) => {
@@ -202,6 +278,12 @@ export function zooStats(
   return { center, scale, tokenNorm, probe: probeStats };
 }
 
+/** Probe tokens are defined for MLPs only (a CNN unit's pre-activation is a whole feature map). */
+function mlpOnly(p: StudentParams): MlpParams {
+  if (isCnnParams(p)) throw new InputError('probe tokens are not supported for CNN students (turn weightformer.probeTokens off)');
+  return p;
+}
+
 /** One aligned teacher, ready to be put into any set: raw rows and normalised token contents. */
 export interface TeacherFeatures {
   /** Per layer rows × rowSize (the teacher's own parameters). */
@@ -212,9 +294,9 @@ export interface TeacherFeatures {
   acts: Float32Array[] | null;
 }
 
-export function teacherFeatures(layout: Layout, config: WeightformerConfig, stats: ZooStats, aligned: MlpParams): TeacherFeatures {
-  const rows = teacherRows(aligned);
-  const acts = config.probeTokens && stats.probe ? probePreactivations(aligned, stats.probe.x, stats.probe.n) : null;
+export function teacherFeatures(layout: Layout, config: WeightformerConfig, stats: ZooStats, aligned: StudentParams): TeacherFeatures {
+  const rows = rowsOf(aligned);
+  const acts = config.probeTokens && stats.probe ? probePreactivations(mlpOnly(aligned), stats.probe.x, stats.probe.n) : null;
   const tokens = layout.layers.map((L, l) => {
     const size = tokenSize(L, config);
     const out = new Float32Array(L.rows * size);
@@ -285,6 +367,15 @@ export function assembleSet(layout: Layout, config: WeightformerConfig, set: Tea
   return { T, tokens, base, rowsRDT };
 }
 
+/** For each unit of the previous layer, the columns (ascending) that read it. */
+function readersOf(inputUnit: Int32Array, units: number): Int32Array[] {
+  const lists: number[][] = Array.from({ length: units }, () => []);
+  inputUnit.forEach((u, k) => {
+    if (u >= 0) lists[u]?.push(k);
+  });
+  return lists.map((a) => Int32Array.from(a));
+}
+
 function cosine(a: Float64Array | Float32Array, b: Float64Array, from: number, to: number, offsetA: number, offsetB: number): number {
   let s = 0;
   let na = 0;
@@ -302,7 +393,9 @@ function cosine(a: Float64Array | Float32Array, b: Float64Array, from: number, t
 /**
  * Writes, into the last AGREEMENT_FEATURES slots of each token of layer l (T × rows × tokenSize), how
  * teacher t's unit r compares with the mean of the *other* teachers' unit r: [cosine of the rows, their
- * relative distance (capped at 4), cosine of the outgoing weights (hidden units; 0 for output rows),
+ * relative distance (capped at 4), cosine of the outgoing weights (hidden units; 0 for output rows; for
+ * a CNN channel every weight of the next layer that reads it: k·k taps of each next conv row, or every
+ * flattened position of each first dense row),
  * correlation of the probe pre-activations (0 without probe tokens)]. Symmetric in the other teachers, so
  * the model stays invariant to teacher order; all zeros for a single teacher.
  */
@@ -325,6 +418,7 @@ function agreementFeatures(layout: Layout, config: WeightformerConfig, set: Teac
   const rowSum = sumOf((f) => f.rows[l], L.rows * L.rowSize);
   const nextSum = next ? sumOf((f) => f.rows[l + 1], next.rows * next.rowSize) : null;
   const probeN = set[0]?.acts ? (set[0].acts[l]?.length ?? 0) / L.rows : 0;
+  const readers = next?.inputUnit ? readersOf(next.inputUnit, L.rows) : null;
   const actSum = probeN > 0 ? sumOf((f) => f.acts?.[l], L.rows * probeN) : null;
   set.forEach((f, t) => {
     const row = f.rows[l] ?? new Float32Array();
@@ -342,7 +436,22 @@ function agreementFeatures(layout: Layout, config: WeightformerConfig, set: Teac
       const rel = norm > 0 ? Math.min(4, Math.sqrt(dist / norm)) : 0;
       let outCos = 0;
       const nextRows = f.rows[l + 1];
-      if (next && nextSum && nextRows) {
+      if (next && nextSum && nextRows && readers) {
+        // CNN: unit r's outgoing weights are the columns of the next layer that read it, in every row.
+        const cols = readers[r] ?? new Int32Array();
+        const n = next.rows * cols.length;
+        const mine = new Float64Array(n);
+        const theirs = new Float64Array(n);
+        for (let c = 0; c < next.rows; c++) {
+          for (let q = 0; q < cols.length; q++) {
+            const at = c * next.rowSize + (cols[q] ?? 0);
+            const i = c * cols.length + q;
+            mine[i] = nextRows[at] ?? 0;
+            theirs[i] = ((nextSum[at] ?? 0) - (mine[i] ?? 0)) / (T - 1);
+          }
+        }
+        outCos = cosine(mine, theirs, 0, n, 0, 0);
+      } else if (next && nextSum && nextRows) {
         // Unit r's outgoing weights: entry r of every row of the next layer.
         const mine = new Float64Array(next.rows);
         const theirs = new Float64Array(next.rows);

@@ -1,0 +1,217 @@
+/**
+ * Student families: everything WeightFormer needs to know about the networks it reads and writes.
+ *
+ * The model itself only sees rows (one per output unit, per layer; `tokens.ts`). What differs between an
+ * MLP and a CNN — checking shapes, rows ↔ parameters, aligning teachers to the reference, the
+ * differentiable student inside meta-training, scoring a student on data, the reference's file format —
+ * sits behind this adapter, chosen by `arch.family`. The MLP adapter calls exactly the functions the
+ * MLP-only code called, so MLP results are bit for bit what they were.
+ */
+import { InputError } from '../../util/errors';
+import { alignToReference, alignedAverage, averageParams } from '../align';
+import type { CnnArchitecture, CnnParams } from '../cnn/architecture';
+import { checkCnnArchitecture, checkCnnParamsMatch, cnnSignature } from '../cnn/architecture';
+import { alignCnnToReference, alignedAverageCnn, averageCnnParams } from '../cnn/align';
+import { cnnAccuracy, cnnLogits, predictCnnLogits, recomputeBnStatistics } from '../cnn/forward';
+import { cnnParamsDigest, deserializeCnnParams, serializeCnnParams } from '../cnn/io';
+import { rowsToCnnParams, rowsToCnnTensors } from '../cnn/rows';
+import { lossOfLogits } from '../cnn/train';
+import type { Dataset } from '../data';
+import type { MlpParams, MlpTensors } from '../mlp';
+import { accuracy, architectureSignature, checkArchitecture, checkParamsMatch, mlpLogits, predictProbs } from '../mlp';
+import { deserializeParams, paramsDigest, serializeParams } from '../params-io';
+import { tf } from '../tf';
+import type { ArchitectureSpec } from '../../spec/types';
+import type { LossBatch } from '../train';
+import { mlpLoss } from '../train';
+import type { Layout, ParamsOf, StudentArch, StudentParams } from './tokens';
+import { isCnnArch, isCnnParams, layoutOf, rowsOf, rowsToParams } from './tokens';
+
+export type { ParamsOf, StudentArch, StudentParams } from './tokens';
+export { isCnnArch, isCnnParams } from './tokens';
+
+/**
+ * How a generated CNN student normalises inside meta-training. 'eval': with its predicted running
+ * statistics (so they are trained like every other parameter, and the student is scored as it will be
+ * used); 'train': with the batch's own moments (the predicted running statistics then get no gradient
+ * and stay the aligned mean). Irrelevant for MLPs and CNNs without BN.
+ */
+export type StudentBnMode = 'eval' | 'train';
+
+export interface StudentFamily {
+  readonly name: 'mlp' | 'cnn';
+  /** Whether probe tokens (per-unit pre-activations on a probe batch) are defined for this family. */
+  readonly probeTokens: boolean;
+  /** InputError unless `arch` is a valid architecture of this family. */
+  checkArch(arch: StudentArch): void;
+  /** The shape key: only teachers with this key can be consolidated by a model of `arch`. */
+  signature(arch: StudentArch): string;
+  /** InputError unless `p` belongs to this family and has exactly `arch`'s shapes. */
+  checkParams(p: StudentParams, arch: StudentArch): void;
+  /** A deep copy (stored with the model). */
+  cloneArch(arch: StudentArch): StudentArch;
+  /** Features per example the student reads (dataset rows). */
+  inputSize(arch: StudentArch): number;
+  outputSize(arch: StudentArch): number;
+  layout(arch: StudentArch): Layout;
+  toRows(p: StudentParams): Float32Array[];
+  fromRows(rows: Float32Array[], arch: StudentArch): StudentParams;
+  /** `teacher` with its hidden units permuted to match `reference` (function-preserving). */
+  align(reference: StudentParams, teacher: StudentParams): StudentParams;
+  /** Every model aligned to `list[0]`, then averaged (`zooReference`). */
+  alignedAverage(list: StudentParams[]): StudentParams;
+  /** Element-wise mean of already aligned models. */
+  average(list: StudentParams[]): StudentParams;
+  /** Content address of a teacher (meta-training fingerprints). */
+  digest(p: StudentParams): string;
+  /** The reference's bytes inside a WeightFormer file. */
+  serialize(p: StudentParams): Uint8Array;
+  deserialize(bytes: Uint8Array): StudentParams;
+  /** Logits of the functional student whose rows are `rows` (differentiable in them). */
+  logits(rows: tf.Tensor2D[], layout: Layout, arch: StudentArch, x: tf.Tensor2D, bn: StudentBnMode): tf.Tensor2D;
+  /** The meta-loss of the functional student on `batch` (CE + KD, `mlpLoss`'s objective). */
+  loss(rows: tf.Tensor2D[], layout: Layout, arch: StudentArch, batch: LossBatch, bn: StudentBnMode): tf.Scalar;
+  /** softmax(logits / temperature) of host parameters on `ds`, n × classes (CNN: eval-mode BN). */
+  predictProbs(p: StudentParams, ds: Dataset, temperature: number): Promise<Float32Array>;
+  accuracy(p: StudentParams, ds: Dataset): Promise<number>;
+}
+
+function mlpArch(arch: StudentArch): ArchitectureSpec {
+  if (isCnnArch(arch)) throw new InputError('expected an MLP architecture, got a CNN');
+  return arch;
+}
+
+function cnnArch(arch: StudentArch): CnnArchitecture {
+  if (!isCnnArch(arch)) throw new InputError(`expected a CNN architecture, got family ${String((arch as { family?: unknown }).family)}`);
+  return arch;
+}
+
+function mlpParams(p: StudentParams): MlpParams {
+  if (isCnnParams(p)) throw new InputError(`parameters are ${cnnSignature(p)} but the architecture is an MLP`);
+  return p;
+}
+
+function cnnParams(p: StudentParams): CnnParams {
+  if (!isCnnParams(p)) throw new InputError(`parameters are ${architectureSignature(p)} but the architecture is a CNN`);
+  return p;
+}
+
+/** The student rows as MLP tensors (w = first inSize columns transposed, b = last column). */
+export function rowsToMlpTensors(rows: tf.Tensor2D[], layout: Layout, activation: MlpParams['activation']): MlpTensors {
+  return {
+    activation,
+    layers: layout.layers.map((L, l) => {
+      const r = rows[l] as tf.Tensor2D;
+      return {
+        w: tf.transpose(tf.slice(r, [0, 0], [L.rows, L.inSize])) as tf.Tensor2D,
+        b: tf.reshape(tf.slice(r, [0, L.inSize], [L.rows, 1]), [L.rows]) as tf.Tensor1D,
+      };
+    }),
+  };
+}
+
+export const MLP_FAMILY: StudentFamily = {
+  name: 'mlp',
+  probeTokens: true,
+  checkArch: (arch) => checkArchitecture(mlpArch(arch)),
+  signature: (arch) => architectureSignature(mlpArch(arch)),
+  checkParams: (p, arch) => checkParamsMatch(mlpParams(p), mlpArch(arch)),
+  cloneArch: (arch) => {
+    const a = mlpArch(arch);
+    return { ...a, hidden: a.hidden.slice() };
+  },
+  inputSize: (arch) => mlpArch(arch).inputSize,
+  outputSize: (arch) => mlpArch(arch).outputSize,
+  layout: (arch) => layoutOf(mlpArch(arch)),
+  toRows: (p) => rowsOf(mlpParams(p)),
+  fromRows: (rows, arch) => {
+    const a = mlpArch(arch);
+    return rowsToParams(rows, layoutOf(a), a.activation);
+  },
+  align: (reference, teacher) => alignToReference(mlpParams(reference), mlpParams(teacher)),
+  alignedAverage: (list) => alignedAverage(list.map(mlpParams), 0),
+  average: (list) => averageParams(list.map(mlpParams)),
+  digest: (p) => paramsDigest(mlpParams(p)),
+  serialize: (p) => serializeParams(mlpParams(p)),
+  deserialize: (bytes) => deserializeParams(bytes),
+  logits: (rows, layout, arch, x) => mlpLogits(rowsToMlpTensors(rows, layout, mlpArch(arch).activation), x),
+  loss: (rows, layout, arch, batch) => mlpLoss(rowsToMlpTensors(rows, layout, mlpArch(arch).activation), batch),
+  predictProbs: (p, ds, temperature) => predictProbs(mlpParams(p), ds, temperature),
+  accuracy: (p, ds) => accuracy(mlpParams(p), ds),
+};
+
+export const CNN_FAMILY: StudentFamily = {
+  name: 'cnn',
+  probeTokens: false,
+  checkArch: (arch) => checkCnnArchitecture(cnnArch(arch)),
+  signature: (arch) => cnnSignature(cnnArch(arch)),
+  checkParams: (p, arch) => checkCnnParamsMatch(cnnParams(p), cnnArch(arch)),
+  cloneArch: (arch) => {
+    const a = cnnArch(arch);
+    return { ...a, inputShape: [a.inputShape[0], a.inputShape[1], a.inputShape[2]], channels: a.channels.slice(), hidden: a.hidden.slice() };
+  },
+  inputSize: (arch) => {
+    const [h, w, c] = cnnArch(arch).inputShape;
+    return h * w * c;
+  },
+  outputSize: (arch) => cnnArch(arch).outputSize,
+  layout: (arch) => layoutOf(cnnArch(arch)),
+  toRows: (p) => rowsOf(cnnParams(p)),
+  fromRows: (rows, arch) => {
+    const p = rowsToCnnParams(rows, cnnArch(arch));
+    // The predicted variances are positive by construction (model.ts, `positiveFactor`); a mixing
+    // correction's rounding could still leave −1e-12 where every teacher's variance is 0, which
+    // `validateCnnParams` (and BN's square root) would refuse: clamp such values to 0.
+    for (const c of p.convs) if (c.bn) for (let i = 0; i < c.bn.runningVar.length; i++) c.bn.runningVar[i] = Math.max(0, c.bn.runningVar[i] ?? 0);
+    return p;
+  },
+  align: (reference, teacher) => alignCnnToReference(cnnParams(reference), cnnParams(teacher)),
+  alignedAverage: (list) => alignedAverageCnn(list.map(cnnParams), 0),
+  average: (list) => averageCnnParams(list.map(cnnParams)),
+  digest: (p) => cnnParamsDigest(cnnParams(p)),
+  serialize: (p) => serializeCnnParams(cnnParams(p)),
+  deserialize: (bytes) => deserializeCnnParams(bytes),
+  logits: (rows, _layout, arch, x, bn) => cnnLogits(rowsToCnnTensors(rows, cnnArch(arch)), x, bn),
+  loss: (rows, layout, arch, batch, bn) => lossOfLogits(CNN_FAMILY.logits(rows, layout, arch, batch.x, bn), batch),
+  predictProbs: async (p, ds, temperature) => {
+    if (!(temperature > 0)) throw new InputError(`temperature must be positive, got ${temperature}`);
+    const logits = await predictCnnLogits(cnnParams(p), ds);
+    const classes = ds.n > 0 ? logits.length / ds.n : 0;
+    const probs = tf.tidy(() => tf.softmax(tf.div(tf.tensor2d(logits, [ds.n, classes]), temperature)));
+    try {
+      return new Float32Array(await probs.data());
+    } finally {
+      probs.dispose();
+    }
+  },
+  accuracy: (p, ds) => cnnAccuracy(cnnParams(p), ds),
+};
+
+/** The adapter of `arch.family`; InputError for a family WeightFormer cannot consolidate. */
+export function familyOf(arch: StudentArch): StudentFamily {
+  const family = (arch as { family?: unknown } | null)?.family;
+  if (family === 'mlp') return MLP_FAMILY;
+  if (family === 'cnn') return CNN_FAMILY;
+  throw new InputError(`WeightFormer cannot consolidate architecture family ${String(family)} (mlp or cnn)`);
+}
+
+/** Whether WeightFormer can consolidate this architecture's family (narrows a wider architecture union). */
+export function isStudentArch(arch: { family: string }): arch is StudentArch {
+  return arch.family === 'mlp' || arch.family === 'cnn';
+}
+
+/** The adapter of a parameter object. */
+export function familyOfParams(p: StudentParams): StudentFamily {
+  return isCnnParams(p) ? CNN_FAMILY : MLP_FAMILY;
+}
+
+/**
+ * A generated student with its BN running statistics re-estimated on `data` (train-mode passes of
+ * `batchSize`, no gradient steps: the REPAIR step of DESIGN.md), as a separate step after
+ * `generateStudent`, so a pipeline can report the student with its predicted statistics and with
+ * recomputed ones. MLPs and CNNs without BN come back unchanged (a copy for CNNs).
+ */
+export async function recomputeStudentBn<P extends StudentParams>(student: P, data: Dataset, batchSize = 256): Promise<P> {
+  if (!isCnnParams(student)) return student;
+  return (await recomputeBnStatistics(student, data, batchSize)) as P;
+}
