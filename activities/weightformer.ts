@@ -1,5 +1,5 @@
 import type { StageInput, StageOutput } from '../workflows/types';
-import type { MetaTrainJobResult } from '../src/runner/jobs';
+import { mlpArchitectureOf, type MetaTrainJobResult } from '../src/runner/jobs';
 import type { PipelineSpec } from '../src/spec/types';
 import { InputError } from '../src/util/errors';
 import { cacheKey, cachedJob, trackedStage, type ActivityDeps } from './common';
@@ -11,7 +11,7 @@ import { cacheKey, cachedJob, trackedStage, type ActivityDeps } from './common';
  * ensemble of its family.
  */
 export function weightformerKeyInputs(spec: PipelineSpec, zoo: string[], validation: string[], teacherInput: boolean) {
-  const a = spec.architecture;
+  const a = mlpArchitectureOf(spec);
   return {
     family: `${a.family}:${[a.inputSize, ...a.hidden, a.outputSize].join('-')}:${a.activation}`,
     zoo,

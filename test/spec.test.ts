@@ -2,12 +2,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { applyDefaults, type RawPipeline } from '../src/spec/defaults';
+import { ARCHITECTURE_DEFAULTS, applyDefaults, architectureSettings, type RawPipeline } from '../src/spec/defaults';
 import { canonicalJson, specHash } from '../src/spec/hash';
 import { expandMatrix, loadPipelineFile, loadPipelineText, validateFiles } from '../src/spec/load';
 import { suggest } from '../src/spec/messages';
 import { PIPELINE_SCHEMA, schemaErrors, type SchemaNode } from '../src/spec/schema';
-import type { PipelineSpec, StageOptions } from '../src/spec/types';
+import type { ModelArchitecture, PipelineSpec, StageOptions } from '../src/spec/types';
 import { SpecError, formatDiagnostic } from '../src/util/errors';
 
 const ROOT = path.resolve(__dirname, '../..');
@@ -502,6 +502,175 @@ describe('pipeline spec', () => {
         `${missing}:2:1: /: missing required key 'version'`,
       ]);
       assert.equal(validateFiles([minimal, matrix]).ok, true);
+    });
+  });
+
+  describe('architecture families', () => {
+    /** `BASENAME:LINE:COL: PATH: MESSAGE` of every problem of a pipeline whose body follows version and name. */
+    const problems = (body: string): string[] => lines(specError(() => loadPipelineText(`version: 1\nname: arch\n${body}\n`, 'arch.yaml')));
+    const load = (body: string) => loadPipelineText(`version: 1\nname: arch\n${body}\n`, 'arch.yaml');
+    const MLP_SETTINGS = '(mlp settings: inputSize, hidden, outputSize, activation)';
+    const CNN_SETTINGS = '(cnn settings: inputShape, channels, kernelSize, batchNorm, pool, hidden, outputSize)';
+    const VIT_SETTINGS = '(vit settings: inputShape, patchSize, dim, heads, depth, mlpRatio, outputSize)';
+
+    it('lists the four families, mlp by default, and leaves the family settings without schema defaults', () => {
+      const arch = PIPELINE_SCHEMA.properties!['architecture']!;
+      assert.deepEqual(arch.properties!['family']!.enum, ['mlp', 'cnn', 'resnet', 'vit']);
+      assert.equal(arch.properties!['family']!.default, 'mlp');
+      for (const [key, sub] of Object.entries(arch.properties!)) {
+        if (key !== 'family') assert.equal(sub.default, undefined, `architecture.${key} has a schema default`);
+      }
+      // Every setting of every family is a property of the schema (so the file can set it).
+      for (const family of ['mlp', 'cnn', 'resnet', 'vit'] as const) {
+        for (const key of architectureSettings(family)) assert.ok(arch.properties![key], `${family}: ${key} is not in the schema`);
+      }
+    });
+
+    it('fills each family with its own defaults and no other family\'s settings', () => {
+      const expected: Record<string, ModelArchitecture> = {
+        mlp: { family: 'mlp', inputSize: 784, hidden: [64], outputSize: 10, activation: 'relu' },
+        cnn: { family: 'cnn', inputShape: [28, 28, 1], channels: [16, 32], kernelSize: 3, batchNorm: true, pool: 'max', hidden: [], outputSize: 10 },
+        resnet: { family: 'resnet', inputShape: [28, 28, 1], width: 16, stages: 3, blocksPerStage: 1, kernelSize: 3, outputSize: 10 },
+        vit: { family: 'vit', inputShape: [28, 28, 1], patchSize: 7, dim: 32, heads: 4, depth: 2, mlpRatio: 2, outputSize: 10 },
+      };
+      for (const [family, arch] of Object.entries(expected)) {
+        const { spec } = load(`architecture: {family: ${family}}`);
+        assert.deepEqual(spec.architecture, arch, family);
+        assert.deepEqual(schemaErrors(spec), [], family);
+        assert.deepEqual(applyDefaults(spec as unknown as RawPipeline), spec, `${family}: idempotent`);
+        assert.deepEqual({ family, ...ARCHITECTURE_DEFAULTS[family as keyof typeof ARCHITECTURE_DEFAULTS] }, arch, `${family}: the table`);
+      }
+      assert.deepEqual(load('seed: 1').spec.architecture, expected['mlp']);
+      // Written settings win; the rest still come from the family's row.
+      assert.deepEqual(load('architecture: {family: cnn, channels: [8], hidden: [32]}').spec.architecture, {
+        family: 'cnn', inputShape: [28, 28, 1], channels: [8], kernelSize: 3, batchNorm: true, pool: 'max', hidden: [32], outputSize: 10,
+      });
+    });
+
+    it('keeps the mlp architecture (and so the hash of mlp pipelines) as it was before families', () => {
+      assert.equal(canonicalJson(load('seed: 1').spec.architecture), '{"activation":"relu","family":"mlp","hidden":[64],"inputSize":784,"outputSize":10}');
+      assert.equal(load('seed: 1').hash, load('seed: 1\narchitecture: {family: mlp, inputSize: 784, hidden: [64], outputSize: 10, activation: relu}').hash);
+      assert.notEqual(load('architecture: {family: cnn}').hash, load('architecture: {family: resnet}').hash);
+    });
+
+    it('loads the example pipeline of each family', () => {
+      for (const family of ['cnn', 'resnet', 'vit']) {
+        const { spec } = loadPipelineFile(path.join(PIPELINES, `${family}.yaml`));
+        assert.equal(spec.architecture.family, family);
+        assert.equal(spec.data.source, 'mnist-embedded');
+      }
+    });
+
+    it('suggests the written family\'s settings for a misspelt key', () => {
+      assert.deepEqual(problems('architecture:\n  family: cnn\n  chanels: [8]'), [
+        "arch.yaml:5:3: /architecture/chanels: unknown key 'chanels', did you mean 'channels'?",
+      ]);
+      // inputSize (mlp) is as close as inputShape: the cnn's own setting wins.
+      assert.deepEqual(problems('architecture:\n  family: cnn\n  inputSise: [28, 28, 1]'), [
+        "arch.yaml:5:3: /architecture/inputSise: unknown key 'inputSise', did you mean 'inputShape'?",
+      ]);
+      assert.deepEqual(problems('architecture:\n  inputSise: 784'), [
+        "arch.yaml:4:3: /architecture/inputSise: unknown key 'inputSise', did you mean 'inputSize'?",
+      ]);
+      assert.deepEqual(problems('architecture:\n  family: vit\n  mlpRatoi: 4\n  nonsense: 1'), [
+        "arch.yaml:5:3: /architecture/mlpRatoi: unknown key 'mlpRatoi', did you mean 'mlpRatio'?",
+        "arch.yaml:6:3: /architecture/nonsense: unknown key 'nonsense'; expected one of: family, inputShape, patchSize, dim, heads, depth, mlpRatio, outputSize",
+      ]);
+      // A close setting of another family is still suggested (the next message says whose it is).
+      assert.deepEqual(problems('architecture:\n  chanels: [8]'), [
+        "arch.yaml:4:3: /architecture/chanels: unknown key 'chanels', did you mean 'channels'?",
+      ]);
+      assert.deepEqual(problems('architecture: {family: cnns}'), [
+        "arch.yaml:3:24: /architecture/family: must be one of: mlp, cnn, resnet, vit (got 'cnns', did you mean 'cnn'?)",
+      ]);
+    });
+
+    it('refuses a setting of another family at its key', () => {
+      assert.deepEqual(problems('architecture:\n  hidden: [32]\n  channels: [8, 16]'), [
+        `arch.yaml:5:3: /architecture/channels: is a setting of the cnn family, not of mlp ${MLP_SETTINGS}`,
+      ]);
+      assert.deepEqual(problems('architecture:\n  family: cnn\n  inputSize: 784\n  activation: tanh\n  width: 8'), [
+        `arch.yaml:5:3: /architecture/inputSize: is a setting of the mlp family, not of cnn ${CNN_SETTINGS}`,
+        `arch.yaml:6:3: /architecture/activation: is a setting of the mlp family, not of cnn ${CNN_SETTINGS}`,
+        `arch.yaml:7:3: /architecture/width: is a setting of the resnet family, not of cnn ${CNN_SETTINGS}`,
+      ]);
+      assert.deepEqual(problems('architecture:\n  family: vit\n  hidden: [64]\n  kernelSize: 3'), [
+        `arch.yaml:5:3: /architecture/hidden: is a setting of the mlp and cnn families, not of vit ${VIT_SETTINGS}`,
+        `arch.yaml:6:3: /architecture/kernelSize: is a setting of the cnn and resnet families, not of vit ${VIT_SETTINGS}`,
+      ]);
+      assert.deepEqual(problems('architecture:\n  inputShape: [28, 28, 1]'), [
+        `arch.yaml:4:3: /architecture/inputShape: is a setting of the cnn, resnet and vit families, not of mlp ${MLP_SETTINGS}`,
+      ]);
+    });
+
+    it('checks the family constraints the schema cannot express', () => {
+      assert.deepEqual(problems('architecture: {hidden: []}'), [
+        'arch.yaml:3:16: /architecture/hidden: must have at least 1 item for the mlp family (got 0)',
+      ]);
+      assert.deepEqual(problems('architecture:\n  family: cnn\n  kernelSize: 4'), [
+        "arch.yaml:5:15: /architecture/kernelSize: must be odd: 'same' padding keeps the height and width through each conv (got 4)",
+      ]);
+      assert.deepEqual(problems('architecture:\n  family: resnet\n  kernelSize: 2'), [
+        "arch.yaml:5:15: /architecture/kernelSize: must be odd: 'same' padding keeps the height and width through each conv (got 2)",
+      ]);
+      // 2×2 pools floor the size ('valid'): 28 → 14 → 7 → 3 → 1 fits four blocks, not five.
+      assert.equal(load('architecture: {family: cnn, channels: [4, 4, 4, 4]}').spec.architecture.family, 'cnn');
+      assert.deepEqual(problems('architecture:\n  family: cnn\n  channels: [4, 4, 4, 4, 4]'), [
+        'arch.yaml:5:3: /architecture/channels: 5 conv blocks need an input of at least 32 × 32: each halves the height and width (2×2 pool), and 28 × 28 fits at most 4',
+      ]);
+      assert.equal(load('architecture: {family: resnet, stages: 5}').spec.architecture.family, 'resnet');
+      assert.deepEqual(problems('architecture:\n  family: resnet\n  stages: 6'), [
+        'arch.yaml:5:11: /architecture/stages: 6 stages need an input of at least 32 × 32: each stage after the first halves the height and width (2×2 max pool), and 28 × 28 fits at most 5',
+      ]);
+      assert.deepEqual(problems('architecture:\n  family: vit\n  patchSize: 5\n  dim: 30\n  heads: 4\n  mlpRatio: 1.25'), [
+        'arch.yaml:5:14: /architecture/patchSize: must divide the input height and width (28 × 28 is not cut into 5 × 5 patches)',
+        'arch.yaml:7:10: /architecture/heads: must divide architecture.dim (30 is not a multiple of 4)',
+        "arch.yaml:8:13: /architecture/mlpRatio: mlpRatio × dim must be a whole number, the width of each block's MLP (got 1.25 × 30 = 37.5)",
+      ]);
+      // 1.3 × 30 is 39 up to rounding: accepted, as checkVitArchitecture accepts it.
+      assert.equal(load('architecture: {family: vit, dim: 30, heads: 3, mlpRatio: 1.3}').spec.architecture.family, 'vit');
+    });
+
+    it('checks the input each data source fixes: inputShape for the image families', () => {
+      assert.deepEqual(problems('architecture:\n  family: cnn\n  inputShape: [32, 32, 3]'), [
+        "arch.yaml:5:3: /architecture/inputShape: must be [28, 28, 1] (28 × 28 pixels) for data.source 'mnist-embedded' (got [32, 32, 3])",
+      ]);
+      assert.deepEqual(problems('data: {source: mnist-idx, path: digits}\narchitecture:\n  family: resnet\n  inputShape: [28, 28, 3]'), [
+        "arch.yaml:6:3: /architecture/inputShape: must be [28, 28, 1] (28 × 28 pixels) for data.source 'mnist-idx' (got [28, 28, 3])",
+      ]);
+      assert.deepEqual(problems('data: {source: cifar10, path: cifar}\narchitecture:\n  family: vit\n  patchSize: 8\n  outputSize: 100'), [
+        "arch.yaml:3:16: /architecture/inputShape: must be [32, 32, 3] (32 × 32 × 3 pixels) for data.source 'cifar10' (got [28, 28, 1])",
+        'arch.yaml:6:14: /architecture/patchSize: must divide the input height and width (28 × 28 is not cut into 8 × 8 patches)',
+        "arch.yaml:7:15: /architecture/outputSize: must be 10 (one per class) for data.source 'cifar10' (got 100)",
+      ]);
+      assert.deepEqual(problems('data: {source: cifar100, path: cifar, cifar100Labels: coarse}\narchitecture:\n  family: cnn\n  inputShape: [32, 32, 3]'), [
+        "arch.yaml:3:16: /architecture/outputSize: must be 20 (one per class) for data.source 'cifar100' with coarse labels (got 10)",
+      ]);
+      // The mlp is still checked on inputSize, and not for mnist-idx (the files carry their own size).
+      assert.deepEqual(problems('data: {source: cifar10, path: cifar}\narchitecture: {hidden: [8]}'), [
+        "arch.yaml:3:16: /architecture/inputSize: must be 3072 (32 × 32 × 3 pixels) for data.source 'cifar10' (got 784)",
+      ]);
+    });
+
+    it('refuses WeightFormer settings only the mlp family supports', () => {
+      assert.deepEqual(problems('architecture: {family: cnn}\nweightformer: {model: {probeTokens: true}}'), [
+        "arch.yaml:4:37: /weightformer/model/probeTokens: probe tokens are defined only for the mlp family (architecture.family is 'cnn')",
+      ]);
+      assert.equal(load('weightformer: {model: {probeTokens: true}}').spec.weightformer.model.probeTokens, true);
+    });
+
+    it('sweeps a family setting but not the family', () => {
+      const { spec } = load('architecture: {family: cnn}\nmatrix: {architecture.kernelSize: [3, 5]}');
+      assert.deepEqual(expandMatrix(spec).map((c) => c.spec.architecture), [
+        { ...ARCHITECTURE_DEFAULTS.cnn, family: 'cnn', kernelSize: 3 },
+        { ...ARCHITECTURE_DEFAULTS.cnn, family: 'cnn', kernelSize: 5 },
+      ]);
+      assert.deepEqual(problems('architecture: {family: cnn}\nmatrix: {architecture.kernelSize: [3, 4]}'), [
+        "arch.yaml:4:39: /matrix/architecture.kernelSize/1: must be odd: 'same' padding keeps the height and width through each conv (got 4)",
+      ]);
+      assert.deepEqual(problems('matrix: {architecture.family: [mlp, cnn]}'), [
+        'arch.yaml:3:10: /matrix/architecture.family: the matrix cannot vary architecture.family: each family has its own settings (write one pipeline file per family)',
+      ]);
     });
   });
 

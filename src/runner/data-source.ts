@@ -4,7 +4,7 @@
  */
 import { loadEmbeddedMnist, featureSize, splitDataset, type Dataset, type DatasetSplit } from '../ml/data';
 import { loadCifar10, loadCifar100, loadMnistIdx } from '../ml/formats';
-import type { PipelineSpec } from '../spec/types';
+import { isMlpArchitecture, type PipelineSpec } from '../spec/types';
 import { InputError } from '../util/errors';
 
 export interface SourceData {
@@ -40,12 +40,16 @@ async function readSource(spec: PipelineSpec): Promise<SourceData> {
     source === 'mnist-idx' ? await loadMnistIdx(dir, { split: 'all' })
       : source === 'cifar10' ? await loadCifar10(dir, { split: 'all' })
         : await loadCifar100(dir, { split: 'all', label: cifar100Labels });
-  const { inputSize, outputSize } = spec.architecture;
-  if (featureSize(image.data) !== inputSize) {
+  const arch = spec.architecture;
+  const { outputSize } = arch;
+  if (isMlpArchitecture(arch) && featureSize(image.data) !== arch.inputSize) {
     throw new InputError(
       `${dir}: the ${source} images are ${image.inputShape.join(' × ')} = ${featureSize(image.data)} values, ` +
-        `but architecture.inputSize is ${inputSize}`,
+        `but architecture.inputSize is ${arch.inputSize}`,
     );
+  }
+  if (!isMlpArchitecture(arch) && image.inputShape.join(' × ') !== arch.inputShape.join(' × ')) {
+    throw new InputError(`${dir}: the ${source} images are ${image.inputShape.join(' × ')}, but architecture.inputShape is ${arch.inputShape.join(' × ')}`);
   }
   if (image.classes !== outputSize) {
     throw new InputError(`${dir}: ${source} has ${image.classes} classes, but architecture.outputSize is ${outputSize}`);

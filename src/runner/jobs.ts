@@ -1,4 +1,4 @@
-import type { PipelineSpec } from '../spec/types';
+import type { ArchitectureSpec, PipelineSpec } from '../spec/types';
 import { InputError } from '../util/errors';
 import type { ArtifactStore } from '../store/store';
 import type { JobProgress } from './protocol';
@@ -57,6 +57,18 @@ export interface BaselinesJobResult {
 export interface EvaluateJobResult {
   metrics: Record<string, number>;
   backend: string;
+}
+
+/**
+ * The pipeline's architecture where only the MLP family runs (every job below, so far): the spec validates
+ * every family, but running another one is a non-retryable input error until the per-family dispatch lands.
+ */
+export function mlpArchitectureOf(spec: PipelineSpec): ArchitectureSpec {
+  const arch = spec.architecture;
+  if (arch.family !== 'mlp') {
+    throw new InputError(`architecture.family '${arch.family}' can be validated but pipelines run only the mlp family so far`);
+  }
+  return arch;
 }
 
 /** Evaluated teachers, zoo teachers (meta-training pool), and held-out validation teachers. */
@@ -137,8 +149,8 @@ const trainTeacher: Job<{ spec: PipelineSpec; role: TeacherRole; index: number }
     ctx,
     `${role} ${index + 1}/${count}`,
     {
-      arch: spec.architecture,
-      init: initMlp(spec.architecture, deriveSeed(spec.seed, role, index, 'init')),
+      arch: mlpArchitectureOf(spec),
+      init: initMlp(mlpArchitectureOf(spec), deriveSeed(spec.seed, role, index, 'init')),
       train: await teacherData(spec, role, index),
       epochs: train.epochs,
       batchSize: train.batchSize,
@@ -194,7 +206,7 @@ const finetune: Job<{ spec: PipelineSpec; init: string; teachers: string[] }, Tr
     ctx,
     'fine-tune',
     {
-      arch: spec.architecture,
+      arch: mlpArchitectureOf(spec),
       init: await loadParams(ctx.store, init),
       train: split.consolidation,
       epochs: ft.epochs,
@@ -333,7 +345,7 @@ const metaTrainJob: Job<{ spec: PipelineSpec; zoo: string[]; validation: string[
   const started = performance.now();
   const result = await metaTrain(
     {
-      arch: spec.architecture,
+      arch: mlpArchitectureOf(spec),
       config: weightformerConfig({ d: m.d, heads: m.heads, blocks: m.blocks, mlpRatio: m.mlpRatio, mixing: m.mixing, probeTokens: m.probeTokens, agreementStats: m.agreementStats, contentGate: m.contentGate, teacherInput }),
       zoo: zooParams,
       // The zoo's barycenter is the alignment reference, stored with the model (see zooReference for why).
@@ -399,8 +411,8 @@ async function trainEarlyStopped(
   const started = performance.now();
   const result = await trainWithEarlyStopping(
     {
-      arch: spec.architecture,
-      init: initMlp(spec.architecture, deriveSeed(options.seed, 'init')),
+      arch: mlpArchitectureOf(spec),
+      init: initMlp(mlpArchitectureOf(spec), deriveSeed(options.seed, 'init')),
       train: split.consolidation,
       validation: split.validation,
       epochs: options.epochs,
@@ -473,7 +485,7 @@ export interface DatasetDescription {
  */
 const importTeacher: Job<{ spec: PipelineSpec; file: string; format: 'safetensors' | 'tfjs' }, TeacherJobResult> = async ({ spec, file, format }, ctx) => {
   const { backend } = await initBackend(spec.compute.backend);
-  const params = format === 'safetensors' ? await readSafetensorsTeacher(file, spec.architecture) : await readTfjsModelDir(file, spec.architecture);
+  const params = format === 'safetensors' ? await readSafetensorsTeacher(file, mlpArchitectureOf(spec)) : await readTfjsModelDir(file, mlpArchitectureOf(spec));
   return {
     params: await saveParams(ctx.store, params),
     valAccuracy: await accuracy(params, (await splitFor(spec)).validation),

@@ -7,13 +7,25 @@
  *   - `tracking.experiment` defaults to the pipeline `name`;
  *   - `stages`: for each stage, `stages.default` is merged (key by key, recursively) under the stage's own
  *     settings, then the schema defaults of a stage fill the rest; the result has one entry per stage and no
- *     `default` entry.
+ *     `default` entry;
+ *   - `architecture`: the schema defaults only `family` (to `mlp`); the family's own settings are filled from
+ *     its row of `ARCHITECTURE_DEFAULTS` (one table per family, below), and no other family's settings are
+ *     added. The families share some key names with different defaults (`hidden`: [64] for mlp, [] for
+ *     cnn), so these cannot be schema `default`s:
+ *       mlp:    inputSize 784, hidden [64], outputSize 10, activation relu;
+ *       cnn:    inputShape [28, 28, 1], channels [16, 32], kernelSize 3, batchNorm true, pool max, hidden [],
+ *               outputSize 10;
+ *       resnet: inputShape [28, 28, 1], width 16, stages 3, blocksPerStage 1, kernelSize 3, outputSize 10;
+ *       vit:    inputShape [28, 28, 1], patchSize 7, dim 32, heads 4, depth 2, mlpRatio 2, outputSize 10.
  *
  * `applyDefaults` expects input that already passed the schema (it does not validate) and returns a new
  * object; applying it to its own output gives the same spec.
  */
 import { deref, PIPELINE_SCHEMA, type SchemaNode } from './schema.js';
-import { STAGE_NAMES, type PipelineSpec, type StageName, type StageOptions } from './types.js';
+import {
+  ARCHITECTURE_FAMILIES, STAGE_NAMES, type ArchitectureFamily, type ArchitectureOf, type PipelineSpec, type StageName,
+  type StageOptions,
+} from './types.js';
 
 type DeepPartial<T> = T extends Array<unknown> ? T : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> } : T;
 
@@ -23,6 +35,33 @@ export type RawPipeline = DeepPartial<Omit<PipelineSpec, 'version' | 'name' | 's
   name: string;
   stages?: Partial<Record<StageName | 'default', DeepPartial<StageOptions>>>;
 };
+
+/** Every setting of a family but `family` itself. */
+export type FamilySettings<F extends ArchitectureFamily> = Omit<ArchitectureOf<F>, 'family'>;
+
+/**
+ * The defaults of each architecture family: one row per family, listing every setting of that family (its
+ * keys, in this order, are the family's settings in messages).
+ */
+export const ARCHITECTURE_DEFAULTS: { readonly [F in ArchitectureFamily]: Readonly<FamilySettings<F>> } = {
+  mlp: { inputSize: 784, hidden: [64], outputSize: 10, activation: 'relu' },
+  cnn: { inputShape: [28, 28, 1], channels: [16, 32], kernelSize: 3, batchNorm: true, pool: 'max', hidden: [], outputSize: 10 },
+  resnet: { inputShape: [28, 28, 1], width: 16, stages: 3, blocksPerStage: 1, kernelSize: 3, outputSize: 10 },
+  vit: { inputShape: [28, 28, 1], patchSize: 7, dim: 32, heads: 4, depth: 2, mlpRatio: 2, outputSize: 10 },
+};
+
+/** The schema's default `architecture.family`. */
+export const ARCHITECTURE_FAMILY_DEFAULT: unknown =
+  deref(deref(PIPELINE_SCHEMA.properties!['architecture']!).properties!['family']!).default;
+
+export function isArchitectureFamily(v: unknown): v is ArchitectureFamily {
+  return typeof v === 'string' && (ARCHITECTURE_FAMILIES as readonly string[]).includes(v);
+}
+
+/** The settings of a family, `family` excluded, in `ARCHITECTURE_DEFAULTS` order. */
+export function architectureSettings(family: ArchitectureFamily): string[] {
+  return Object.keys(ARCHITECTURE_DEFAULTS[family]);
+}
 
 export function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -83,6 +122,11 @@ export function applyDefaults(input: RawPipeline): PipelineSpec {
     ['/data/splitSeed', raw['seed'] ?? seedDefault],
     ['/tracking/experiment', raw['name']],
   ]);
+  const rawArchitecture = isPlainObject(raw['architecture']) ? raw['architecture'] : {};
+  const family = rawArchitecture['family'] ?? ARCHITECTURE_FAMILY_DEFAULT;
+  if (isArchitectureFamily(family)) {
+    for (const [key, value] of Object.entries(ARCHITECTURE_DEFAULTS[family])) codeDefaults.set(`/architecture/${key}`, value);
+  }
   const out = fill(PIPELINE_SCHEMA, raw, '', codeDefaults, new Set(['stages', 'matrix'])) as Record<string, unknown>;
 
   const stageSchema = PIPELINE_SCHEMA.definitions!['stageOptions']!;

@@ -57,6 +57,12 @@ function checkPath(base: Record<string, unknown>, key: string): Problem | undefi
       message: "the matrix cannot vary stages.default: vary each stage's option (e.g. stages.teachers.retry.maximumAttempts)",
     };
   }
+  if (key === 'architecture.family') {
+    return {
+      pointer: keyPointer, at: 'key',
+      message: 'the matrix cannot vary architecture.family: each family has its own settings (write one pipeline file per family)',
+    };
+  }
   let cur: unknown = base;
   for (let i = 0; i < segs.length; i++) {
     const seg = segs[i]!;

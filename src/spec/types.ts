@@ -5,6 +5,11 @@
  * because `applyDefaults` fills each one). A test checks that the defaults of the schema and this file
  * agree by round-tripping every example pipeline.
  */
+import type { CnnArchitecture } from '../ml/cnn/architecture';
+import type { ResnetArchitecture } from '../ml/resnet/architecture';
+import type { VitArchitecture } from '../ml/vit/architecture';
+
+export type { CnnArchitecture, ResnetArchitecture, VitArchitecture };
 
 export type BackendName = 'auto' | 'webgpu' | 'wasm' | 'cpu' | 'tensorflow';
 export type StageName = 'teachers' | 'zoo' | 'weightformer' | 'generate' | 'finetune' | 'baselines' | 'evaluate' | 'track';
@@ -42,12 +47,29 @@ export interface DataSpec {
   splitSeed: number;
 }
 
+/** The `mlp` family (the architecture the MLP functions of the ML library take). */
 export interface ArchitectureSpec {
   family: 'mlp';
   inputSize: number;
   hidden: number[];
   outputSize: number;
   activation: 'relu' | 'tanh';
+}
+
+/** `architecture` of a pipeline: one of the families, each with its own settings (see `ARCHITECTURE_DEFAULTS`). */
+export type ModelArchitecture = ArchitectureSpec | CnnArchitecture | ResnetArchitecture | VitArchitecture;
+export type ArchitectureFamily = ModelArchitecture['family'];
+export const ARCHITECTURE_FAMILIES: readonly ArchitectureFamily[] = ['mlp', 'cnn', 'resnet', 'vit'];
+/** The architecture of family `F`. */
+export type ArchitectureOf<F extends ArchitectureFamily> = Extract<ModelArchitecture, { family: F }>;
+
+export function isMlpArchitecture(a: ModelArchitecture): a is ArchitectureSpec {
+  return a.family === 'mlp';
+}
+
+/** Features per example the architecture reads (dataset rows): `inputSize`, or the product of `inputShape`. */
+export function architectureInputSize(a: ModelArchitecture): number {
+  return isMlpArchitecture(a) ? a.inputSize : a.inputShape[0] * a.inputShape[1] * a.inputShape[2];
 }
 
 export interface TeachersSpec {
@@ -183,7 +205,7 @@ export interface PipelineSpec {
   name: string;
   seed: number;
   data: DataSpec;
-  architecture: ArchitectureSpec;
+  architecture: ModelArchitecture;
   teachers: TeachersSpec;
   zoo: ZooSpec;
   weightformer: WeightformerSpec;
