@@ -1,12 +1,24 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { initBackend } from '../src/ml/backend';
 import type { Dataset } from '../src/ml/data';
-import { loadEmbeddedMnist, selectExamples } from '../src/ml/data';
+import { selectExamples } from '../src/ml/data';
 import { accuracyOfScores } from '../src/ml/mlp';
 import { Rng } from '../src/ml/rng';
 import { tf } from '../src/ml/tf';
 import { InputError } from '../src/util/errors';
+import type { ResumableTrainer } from './helpers/ml';
+import {
+  assertExactResume,
+  assertGradientsMatchCpu,
+  assertRowGradients,
+  logitsOfParams,
+  maxAbsDiff,
+  mnistTrainTest,
+  onBackend,
+  randomImageData,
+  range,
+  softTargets,
+  trainAndScore,
+} from './helpers/ml';
 import type { CnnArchitecture, CnnParams, CnnTensors, CnnTrainResult, TrainCnnOptions } from '../src/ml/cnn';
 import {
   alignCnnToReference,
@@ -48,12 +60,6 @@ const TINY: CnnArchitecture = { family: 'cnn', inputShape: [6, 6, 1], channels: 
 const SMALL: CnnArchitecture = { family: 'cnn', inputShape: [8, 8, 2], channels: [4, 5], kernelSize: 3, batchNorm: true, pool: 'max', hidden: [6], outputSize: 4 };
 const MNIST_CNN: CnnArchitecture = { family: 'cnn', inputShape: [28, 28, 1], channels: [8, 16], kernelSize: 3, batchNorm: true, pool: 'max', hidden: [], outputSize: 10 };
 
-function randomData(n: number, arch: CnnArchitecture, seed: number): Dataset {
-  const r = new Rng(seed);
-  const d = arch.inputShape[0] * arch.inputShape[1] * arch.inputShape[2];
-  return { x: Float32Array.from({ length: n * d }, () => r.normal()), y: Int32Array.from({ length: n }, () => r.nextInt(arch.outputSize)), n };
-}
-
 /** A CNN whose every entry is non-trivial (initCnn's biases, β and running statistics are constants, which would hide permutation bugs). */
 function randomCnn(arch: CnnArchitecture, seed: number): CnnParams {
   const p = initCnn(arch, seed);
@@ -73,20 +79,8 @@ function randomCnn(arch: CnnArchitecture, seed: number): CnnParams {
   return p;
 }
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] ?? 0) - (b[i] ?? 0)));
-  return m;
-}
-
-async function logitsOf(p: CnnParams, ds: Dataset, mode: 'train' | 'eval'): Promise<Float32Array> {
-  const t = cnnParamsToTensors(p);
-  const y = tf.tidy(() => cnnLogits(t, tf.tensor2d(ds.x, [ds.n, ds.x.length / ds.n]), mode));
-  const out = new Float32Array(await y.data());
-  y.dispose();
-  disposeCnnTensors(t);
-  return out;
+function logitsOf(p: CnnParams, ds: Dataset, mode: 'train' | 'eval'): Promise<Float32Array> {
+  return logitsOfParams(p, ds, cnnParamsToTensors, (t, x) => cnnLogits(t, x, mode), disposeCnnTensors);
 }
 
 function randomPerms(p: CnnParams, seed: number): Int32Array[] {
@@ -295,9 +289,7 @@ const GRAD_CASES: Array<{ label: string; arch: CnnArchitecture; mode: 'train' | 
 const cpuGradients = new Map<string, Float32Array[]>();
 
 describe('ml cnn: architecture, parameters and file', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('initialises the requested shapes deterministically, with He scale and PyTorch BN defaults', () => {
     const p = initCnn(MNIST_CNN, 1);
@@ -369,7 +361,7 @@ describe('ml cnn: architecture, parameters and file', () => {
 
   it('forward: logits batch × classes; uploads and downloads exactly; chunked evaluation equals one pass', async () => {
     const p = randomCnn(SMALL, 6);
-    const data = randomData(1100, SMALL, 7); // more than two evaluation chunks
+    const data = randomImageData(1100, SMALL, 7); // more than two evaluation chunks
     const t = cnnParamsToTensors(p);
     assert.deepEqual(await cnnTensorsToParams(t), p);
     const logits4d = tf.tidy(() => cnnLogits(t, tf.tensor4d(data.x.subarray(0, 5 * 128), [5, 8, 8, 2]), 'eval'));
@@ -381,14 +373,12 @@ describe('ml cnn: architecture, parameters and file', () => {
     assert.equal(await cnnAccuracy(p, data), accuracyOfScores(chunked, data.y));
     tf.dispose([logits4d, whole]);
     disposeCnnTensors(t);
-    await assert.rejects(predictCnnLogits(p, randomData(3, { ...SMALL, inputShape: [8, 8, 1] }, 1)), InputError);
+    await assert.rejects(predictCnnLogits(p, randomImageData(3, { ...SMALL, inputShape: [8, 8, 1] }, 1)), InputError);
   });
 });
 
 describe('ml cnn: forward and gradients on cpu vs independent references', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('conv2dSame equals tf.conv2d and an im2col conv (forward, 1e-5)', async () => {
     const r = new Rng(21);
@@ -416,7 +406,7 @@ describe('ml cnn: forward and gradients on cpu vs independent references', () =>
   for (const c of GRAD_CASES) {
     it(`loss gradients vs float64 finite differences: ${c.label}, ${c.mode} mode`, async () => {
       const p = randomCnn(c.arch, 31);
-      const data = randomData(5, c.arch, 32);
+      const data = randomImageData(5, c.arch, 32);
       const { loss, grads } = await tfLossAndGrads(p, data, c.mode);
       const ref = toRef(p);
       const refValue = refLoss(ref, data.x, data.y, c.mode);
@@ -442,12 +432,7 @@ describe('ml cnn: forward and gradients on cpu vs independent references', () =>
 });
 
 describe('ml cnn: gradients on wasm (no Conv2DBackpropFilter kernel there)', () => {
-  before(async () => {
-    await initBackend('wasm');
-  });
-  after(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('wasm');
 
   it('conv2dSame gradients run and match cpu', async () => {
     const [dx, dk] = await convGrads(conv2dSame, 22);
@@ -458,23 +443,19 @@ describe('ml cnn: gradients on wasm (no Conv2DBackpropFilter kernel there)', () 
 
   for (const c of GRAD_CASES) {
     it(`loss gradients run and match cpu: ${c.label}, ${c.mode} mode`, async () => {
-      const { grads } = await tfLossAndGrads(randomCnn(c.arch, 31), randomData(5, c.arch, 32), c.mode);
+      const { grads } = await tfLossAndGrads(randomCnn(c.arch, 31), randomImageData(5, c.arch, 32), c.mode);
       const cpu = cpuGradients.get(c.label + c.mode) ?? assert.fail('the cpu case runs first');
-      grads.forEach((g, k) => {
-        for (let i = 0; i < g.length; i++) assert.ok(Math.abs(g[i]! - cpu[k]![i]!) <= 1e-4 + 1e-3 * Math.abs(cpu[k]![i]!), `tensor ${k}[${i}]: wasm ${g[i]} vs cpu ${cpu[k]![i]}`);
-      });
+      assertGradientsMatchCpu(grads, cpu);
     });
   }
 });
 
 describe('ml cnn: batch norm statistics', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('a training step moves running statistics by PyTorch’s rule (momentum 0.1, unbiased variance)', async () => {
     const p = randomCnn(TINY, 41);
-    const data = randomData(8, TINY, 42);
+    const data = randomImageData(8, TINY, 42);
     const { params } = await trainCnn({ arch: TINY, init: p, train: data, epochs: 1, batchSize: 8, learningRate: 1e-3, seed: 1 });
     const { moments } = refForward(toRef(p), data.x, 8, 'train'); // the step normalised with the pre-update parameters
     params.convs.forEach((c, b) => {
@@ -491,7 +472,7 @@ describe('ml cnn: batch norm statistics', () => {
 
   it('train mode normalises with batch moments: cnnForward reports them', async () => {
     const p = randomCnn(TINY, 43);
-    const data = randomData(6, TINY, 44);
+    const data = randomImageData(6, TINY, 44);
     const t = cnnParamsToTensors(p);
     const out = tf.tidy(() => {
       const f = cnnForward(t, tf.tensor2d(data.x, [6, 36]), 'train');
@@ -509,7 +490,7 @@ describe('ml cnn: batch norm statistics', () => {
 
   it('recomputeBnStatistics re-estimates running statistics and leaves every trained entry alone', async () => {
     const p = randomCnn(SMALL, 45);
-    const data = randomData(40, SMALL, 46);
+    const data = randomImageData(40, SMALL, 46);
     const before = serializeCnnParams(p);
     const whole = await recomputeBnStatistics(p, data, 40);
     assert.deepEqual(serializeCnnParams(p), before, 'the input is not modified');
@@ -534,18 +515,12 @@ describe('ml cnn: batch norm statistics', () => {
   });
 });
 
-function range(from: number, to: number): number[] {
-  return Array.from({ length: to - from }, (_, i) => from + i);
-}
-
 describe('ml cnn: alignment', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('permuting channels and hidden units preserves the function (eval and train mode)', async () => {
     const t = randomCnn(SMALL, 51);
-    const x = randomData(16, SMALL, 52);
+    const x = randomImageData(16, SMALL, 52);
     const moved = permuteCnnUnits(t, randomPerms(t, 53));
     assert.notDeepEqual(moved.convs[1]!.kernel, t.convs[1]!.kernel);
     assert.notDeepEqual(moved.dense[0]!.w, t.dense[0]!.w);
@@ -565,7 +540,7 @@ describe('ml cnn: alignment', () => {
 
   it('aligning a different teacher preserves its outputs (eval mode with BN, < 1e-5)', async () => {
     const reference = randomCnn(SMALL, 56);
-    const x = randomData(32, SMALL, 57);
+    const x = randomImageData(32, SMALL, 57);
     for (const seed of [58, 59]) {
       const teacher = randomCnn(SMALL, seed);
       const aligned = alignCnnToReference(reference, teacher);
@@ -577,9 +552,7 @@ describe('ml cnn: alignment', () => {
 });
 
 describe('ml cnn: rows view for a WeightFormer', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('lays out one row per output unit and round-trips exactly', () => {
     assert.deepEqual(cnnRowsLayout(SMALL), [
@@ -605,7 +578,7 @@ describe('ml cnn: rows view for a WeightFormer', () => {
 
   it('rowsToCnnTensors computes the same logits, and gradients reach the rows (equal to the parameters’ gradients, rearranged)', async () => {
     const p = randomCnn(SMALL, 63);
-    const data = randomData(6, SMALL, 64);
+    const data = randomImageData(6, SMALL, 64);
     const x = tf.tensor2d(data.x, [6, 128]);
     const weights = tf.tensor2d(Float32Array.from({ length: 24 }, (_, i) => Math.sin(i)), [6, 4]);
     const rowTensors = cnnToRows(p).map((r, l) => tf.tensor2d(r, [cnnRowsLayout(SMALL)[l]!.rows, cnnRowsLayout(SMALL)[l]!.rowSize]));
@@ -635,11 +608,7 @@ describe('ml cnn: rows view for a WeightFormer', () => {
       dense: p.dense.map((l) => ({ ...l, w: host[k++]!, b: host[k++]! })),
     };
     const expected = cnnToRows(gradAsParams);
-    for (let l = 0; l < expected.length; l++) {
-      const got = await rowGrads[l]!.data();
-      assert.ok(maxAbsDiff(got, expected[l]!) < 1e-5, `layer ${l}`);
-      assert.ok(got.some((v) => v !== 0), `layer ${l} receives gradient`);
-    }
+    await assertRowGradients(rowGrads, expected);
     const viaRows = tf.tidy(() => cnnLogits(rowsToCnnTensors(rowTensors, SMALL), x, 'eval'));
     assert.ok(maxAbsDiff(await viaRows.data(), await logitsOf(p, data, 'eval')) < 1e-6);
     tf.dispose([x, weights, ...rowTensors, ...rowGrads, ...paramGrads, viaRows]);
@@ -647,31 +616,28 @@ describe('ml cnn: rows view for a WeightFormer', () => {
   });
 });
 
+const CNN_TRAINER: ResumableTrainer<CnnArchitecture, CnnParams> = {
+  train: trainCnn,
+  serializeState: serializeCnnTrainState,
+  deserializeState: deserializeCnnTrainState,
+  serializeParams: serializeCnnParams,
+};
+
 describe('ml cnn: training on wasm', function () {
   let mnistTrain: Dataset;
   let mnistTest: Dataset;
   let trained: CnnTrainResult | undefined;
 
-  before(async () => {
-    await initBackend('wasm');
-    const all = loadEmbeddedMnist();
-    mnistTrain = selectExamples(all, range(0, 1000));
-    mnistTest = selectExamples(all, range(1000, 1500));
-  });
-  after(async () => {
-    await initBackend('cpu');
+  onBackend('wasm');
+  before(() => {
+    ({ train: mnistTrain, test: mnistTest } = mnistTrainTest());
   });
 
   it('learns 1,000 MNIST digits: loss falls and held-out accuracy is well above chance', async () => {
     const options: TrainCnnOptions = { arch: MNIST_CNN, init: initCnn(MNIST_CNN, 71), train: mnistTrain, epochs: 3, batchSize: 32, learningRate: 3e-3, seed: 72 };
-    const tensorsBefore = tf.memory().numTensors;
-    const started = Date.now();
-    trained = await trainCnn(options);
-    const seconds = (Date.now() - started) / 1000;
-    assert.equal(tf.memory().numTensors, tensorsBefore, 'training frees every tensor it made');
-    const first = trained.epochCurve[0]!.meanLoss;
-    const last = trained.epochCurve[2]!.meanLoss;
-    const acc = await cnnAccuracy(trained.params, mnistTest);
+    const run = await trainAndScore(trainCnn, options, cnnAccuracy, mnistTest);
+    const { seconds, first, last, acc } = run;
+    trained = run.trained;
     // Reported so the figures in the hand-off can be checked.
     console.log(`      cnn [8,16] on 1000 digits, 3 epochs on wasm: ${seconds.toFixed(1)} s, loss ${first.toFixed(3)} → ${last.toFixed(3)}, test accuracy ${(acc * 100).toFixed(1)}%`);
     assert.ok(last < 0.6 * first, `mean loss ${first} → ${last}`);
@@ -684,7 +650,7 @@ describe('ml cnn: training on wasm', function () {
   it('resumed from a serialised checkpoint (after epoch 1, and mid-epoch) equals the uninterrupted run bit for bit; aborts resume exactly', async () => {
     const train = selectExamples(mnistTrain, range(0, 300)); // 300 = 9·32 + 12: a partial last batch
     const teachers = [initCnn(MNIST_CNN, 81), initCnn(MNIST_CNN, 82)];
-    const teacherProbs = await ensembleOfCnns(teachers, train, 2);
+    const teacherProbs = await softTargets(teachers, predictCnnLogits, train, 2);
     const options: TrainCnnOptions = {
       arch: MNIST_CNN,
       init: initCnn(MNIST_CNN, 83),
@@ -697,29 +663,8 @@ describe('ml cnn: training on wasm', function () {
       validation: selectExamples(mnistTest, range(0, 100)),
       checkpointEvery: 5,
     };
-    const checkpoints: Uint8Array[] = [];
-    const full = await trainCnn(options, { onCheckpoint: (s) => void checkpoints.push(serializeCnnTrainState(s)) });
-    assert.equal(full.curve.length, 20);
-    assert.equal(checkpoints.length, 4);
-    assert.ok(full.epochCurve.every((e) => e.valAccuracy !== undefined));
-    const same = (other: CnnTrainResult): void => {
-      assert.equal(digest(serializeCnnParams(other.params)), digest(serializeCnnParams(full.params)), 'parameters (running statistics included) are bit-identical');
-      assert.deepEqual(other.curve, full.curve);
-      assert.deepEqual(other.epochCurve, full.epochCurve);
-    };
-    for (const k of [1, 2]) {
-      const state = deserializeCnnTrainState(checkpoints[k]!);
-      assert.equal(state.step, 5 * (k + 1));
-      same(await trainCnn(options, {}, state));
-    }
-    let steps = 0;
-    const err = await trainCnn(options, { onStep: () => void steps++, shouldAbort: () => steps >= 7 }).then(
-      () => assert.fail('should abort'),
-      (e: unknown) => e,
-    );
-    assert.ok(err instanceof CnnTrainingAbortedError);
-    same(await trainCnn(options, {}, deserializeCnnTrainState(serializeCnnTrainState(err.state))));
-    await assert.rejects(trainCnn({ ...options, seed: 85 }, {}, err.state), InputError);
+    const aborted = await assertExactResume(CNN_TRAINER, options, { steps: 20, checkpoints: 4, resumeAt: [1, 2], abortAfter: 7 });
+    assert.ok(aborted instanceof CnnTrainingAbortedError, 'the old name still catches it');
   });
 
   it('a trained CNN and a permuted, further-trained copy: aligned averaging keeps the accuracy, naive averaging loses it', async function () {
@@ -738,21 +683,4 @@ describe('ml cnn: training on wasm', function () {
     assert.ok(naive < aligned - 0.1, `naive ${naive} vs aligned ${aligned}`);
   });
 });
-
-/** The mean of the CNNs' softmax(logits / τ), n × classes (the KD target). */
-async function ensembleOfCnns(list: CnnParams[], ds: Dataset, temperature: number): Promise<Float32Array> {
-  const out = new Float32Array(ds.n * 10);
-  for (const p of list) {
-    const logits = await predictCnnLogits(p, ds);
-    const probs = tf.tidy(() => tf.softmax(tf.div(tf.tensor2d(logits, [ds.n, 10]), temperature)));
-    const v = await probs.data();
-    probs.dispose();
-    for (let i = 0; i < out.length; i++) out[i] = (out[i] ?? 0) + (v[i] ?? 0) / list.length;
-  }
-  return out;
-}
-
-function digest(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
 

@@ -1,13 +1,25 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { initBackend } from '../src/ml/backend';
 import type { Dataset } from '../src/ml/data';
-import { loadEmbeddedMnist, selectExamples } from '../src/ml/data';
+import { selectExamples } from '../src/ml/data';
 import { accuracyOfScores } from '../src/ml/mlp';
 import { Rng } from '../src/ml/rng';
 import { tf } from '../src/ml/tf';
 import { lossOfLogits } from '../src/ml/cnn';
 import { InputError } from '../src/util/errors';
+import type { ResumableTrainer } from './helpers/ml';
+import {
+  assertExactResume,
+  assertGradientsMatchCpu,
+  assertRowGradients,
+  logitsOfParams,
+  maxAbsDiff,
+  mnistTrainTest,
+  onBackend,
+  randomImageData,
+  range,
+  softTargets,
+  trainAndScore,
+} from './helpers/ml';
 import type {
   ResnetArchitecture,
   ResnetConv,
@@ -64,12 +76,6 @@ const SMALL: ResnetArchitecture = { family: 'resnet', inputShape: [8, 8, 2], wid
  */
 const MNIST_RESNET: ResnetArchitecture = { family: 'resnet', inputShape: [28, 28, 1], width: 8, stages: 3, blocksPerStage: 1, kernelSize: 3, outputSize: 10 };
 
-function randomData(n: number, arch: ResnetArchitecture, seed: number): Dataset {
-  const r = new Rng(seed);
-  const d = arch.inputShape[0] * arch.inputShape[1] * arch.inputShape[2];
-  return { x: Float32Array.from({ length: n * d }, () => r.normal()), y: Int32Array.from({ length: n }, () => r.nextInt(arch.outputSize)), n };
-}
-
 /** A ResNet whose every entry is non-trivial (initResnet's biases, β and running statistics are constants, which would hide permutation bugs). */
 function randomResnet(arch: ResnetArchitecture, seed: number): ResnetParams {
   const p = initResnet(arch, seed);
@@ -93,24 +99,8 @@ function randomPerms(p: ResnetParams, seed: number): ResnetPermutations {
   return { stream: r.permutation(width), inner: resnetBlocks(p).map(() => r.permutation(width)) };
 }
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] ?? 0) - (b[i] ?? 0)));
-  return m;
-}
-
-function range(from: number, to: number): number[] {
-  return Array.from({ length: to - from }, (_, i) => from + i);
-}
-
-async function logitsOf(p: ResnetParams, ds: Dataset, mode: 'train' | 'eval'): Promise<Float32Array> {
-  const t = resnetParamsToTensors(p);
-  const y = tf.tidy(() => resnetLogits(t, tf.tensor2d(ds.x, [ds.n, ds.x.length / ds.n]), mode));
-  const out = new Float32Array(await y.data());
-  y.dispose();
-  disposeResnetTensors(t);
-  return out;
+function logitsOf(p: ResnetParams, ds: Dataset, mode: 'train' | 'eval'): Promise<Float32Array> {
+  return logitsOfParams(p, ds, resnetParamsToTensors, (t, x) => resnetLogits(t, x, mode), disposeResnetTensors);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -318,9 +308,7 @@ const GRAD_MODES = ['train', 'eval'] as const;
 const cpuGradients = new Map<string, Float32Array[]>();
 
 describe('ml resnet: architecture, parameters and file', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('initialises the requested shapes deterministically, with He scale and PyTorch BN defaults', () => {
     const p = initResnet(MNIST_RESNET, 1);
@@ -391,7 +379,7 @@ describe('ml resnet: architecture, parameters and file', () => {
 
   it('forward: logits batch × classes; uploads and downloads exactly; chunked evaluation equals one pass', async () => {
     const p = randomResnet(SMALL, 6);
-    const data = randomData(600, SMALL, 7); // two evaluation chunks (500 + 100)
+    const data = randomImageData(600, SMALL, 7); // two evaluation chunks (500 + 100)
     const t = resnetParamsToTensors(p);
     assert.deepEqual(await resnetTensorsToParams(t), p);
     const logits4d = tf.tidy(() => resnetLogits(t, tf.tensor4d(data.x.subarray(0, 5 * 128), [5, 8, 8, 2]), 'eval'));
@@ -403,18 +391,16 @@ describe('ml resnet: architecture, parameters and file', () => {
     assert.equal(await resnetAccuracy(p, data), accuracyOfScores(chunked, data.y));
     tf.dispose([logits4d, whole]);
     disposeResnetTensors(t);
-    await assert.rejects(predictResnetLogits(p, randomData(3, { ...SMALL, inputShape: [8, 8, 1] }, 1)), InputError);
+    await assert.rejects(predictResnetLogits(p, randomImageData(3, { ...SMALL, inputShape: [8, 8, 1] }, 1)), InputError);
   });
 });
 
 describe('ml resnet: forward and gradients on cpu vs an independent float64 reference', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('train mode normalises with batch moments (reported per conv); both modes match the reference', async () => {
     const p = randomResnet(SMALL, 43);
-    const data = randomData(6, SMALL, 44);
+    const data = randomImageData(6, SMALL, 44);
     const t = resnetParamsToTensors(p);
     const out = tf.tidy(() => {
       const f = resnetForward(t, tf.tensor2d(data.x, [6, 128]), 'train');
@@ -435,7 +421,7 @@ describe('ml resnet: forward and gradients on cpu vs an independent float64 refe
   for (const mode of GRAD_MODES) {
     it(`loss gradients vs float64 finite differences (6×6×1, width 3, 2 stages), ${mode} mode`, async () => {
       const p = randomResnet(TINY, 31);
-      const data = randomData(5, TINY, 32);
+      const data = randomImageData(5, TINY, 32);
       const { loss, grads } = await tfLossAndGrads(p, data, mode);
       const ref = toRef(p);
       const refValue = refLoss(ref, data.x, data.y, mode);
@@ -463,32 +449,23 @@ describe('ml resnet: forward and gradients on cpu vs an independent float64 refe
 });
 
 describe('ml resnet: gradients on wasm', () => {
-  before(async () => {
-    await initBackend('wasm');
-  });
-  after(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('wasm');
 
   for (const mode of GRAD_MODES) {
     it(`loss gradients run and match cpu, ${mode} mode`, async () => {
-      const { grads } = await tfLossAndGrads(randomResnet(TINY, 31), randomData(5, TINY, 32), mode);
+      const { grads } = await tfLossAndGrads(randomResnet(TINY, 31), randomImageData(5, TINY, 32), mode);
       const cpu = cpuGradients.get(mode) ?? assert.fail('the cpu case runs first');
-      grads.forEach((g, k) => {
-        for (let i = 0; i < g.length; i++) assert.ok(Math.abs(g[i]! - cpu[k]![i]!) <= 1e-4 + 1e-3 * Math.abs(cpu[k]![i]!), `tensor ${k}[${i}]: wasm ${g[i]} vs cpu ${cpu[k]![i]}`);
-      });
+      assertGradientsMatchCpu(grads, cpu);
     });
   }
 });
 
 describe('ml resnet: batch norm statistics', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('a training step moves every running statistic by PyTorch’s rule (momentum 0.1, unbiased variance)', async () => {
     const p = randomResnet(TINY, 41);
-    const data = randomData(8, TINY, 42);
+    const data = randomImageData(8, TINY, 42);
     const { params } = await trainResnet({ arch: TINY, init: p, train: data, epochs: 1, batchSize: 8, learningRate: 1e-3, seed: 1 });
     const { moments } = refForward(toRef(p), data.x, 8, 'train'); // the step normalised with the pre-update parameters
     const counts = [36, 36, 36, 9, 9].map((positions) => 8 * positions); // stem and stage 0 at 6×6, stage 1 at 3×3
@@ -506,7 +483,7 @@ describe('ml resnet: batch norm statistics', () => {
 
   it('recomputeResnetBnStatistics re-estimates running statistics and changes nothing else', async () => {
     const p = randomResnet(SMALL, 45);
-    const data = randomData(40, SMALL, 46);
+    const data = randomImageData(40, SMALL, 46);
     const before = serializeResnetParams(p);
     const whole = await recomputeResnetBnStatistics(p, data, 40);
     assert.deepEqual(serializeResnetParams(p), before, 'the input is not modified');
@@ -535,13 +512,11 @@ describe('ml resnet: batch norm statistics', () => {
 });
 
 describe('ml resnet: alignment', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('permuting the stream and the blocks’ inner channels preserves the function (eval and train mode)', async () => {
     const t = randomResnet(SMALL, 51);
-    const x = randomData(16, SMALL, 52);
+    const x = randomImageData(16, SMALL, 52);
     const perms = randomPerms(t, 53);
     const moved = permuteResnetChannels(t, perms);
     assert.notDeepEqual(moved.stem.kernel, t.stem.kernel);
@@ -560,14 +535,14 @@ describe('ml resnet: alignment', () => {
       assert.deepEqual(aligned, t, resnetSignature(arch));
       assert.deepEqual(alignedAverageResnet([t, copy]), t);
       assert.notDeepEqual(naiveAverageResnet([t, copy]), t);
-      const x = randomData(8, arch, 56);
+      const x = randomImageData(8, arch, 56);
       assert.ok(maxAbsDiff(await logitsOf(aligned, x, 'eval'), await logitsOf(copy, x, 'eval')) < 1e-5);
     }
   });
 
   it('aligning a different net preserves its outputs (eval mode, < 1e-5)', async () => {
     const reference = randomResnet(SMALL, 57);
-    const x = randomData(32, SMALL, 58);
+    const x = randomImageData(32, SMALL, 58);
     for (const seed of [59, 60]) {
       const teacher = randomResnet(SMALL, seed);
       const perms = matchResnetWeights(reference, teacher);
@@ -580,9 +555,7 @@ describe('ml resnet: alignment', () => {
 });
 
 describe('ml resnet: rows view for a WeightFormer', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('lays out one row per output unit and round-trips exactly', () => {
     const conv1 = { kind: 'conv', role: 'conv1', rows: 4, rowSize: 9 * 4 + 5 };
@@ -620,7 +593,7 @@ describe('ml resnet: rows view for a WeightFormer', () => {
 
   it('rowsToResnetTensors computes the same logits, and gradients reach the rows (equal to the parameters’ gradients, rearranged)', async () => {
     const p = randomResnet(SMALL, 63);
-    const data = randomData(6, SMALL, 64);
+    const data = randomImageData(6, SMALL, 64);
     const layout = resnetRowsLayout(SMALL);
     const x = tf.tensor2d(data.x, [6, 128]);
     const weights = tf.tensor2d(Float32Array.from({ length: 24 }, (_, i) => Math.sin(i)), [6, 4]);
@@ -659,11 +632,7 @@ describe('ml resnet: rows view for a WeightFormer', () => {
     gradAsParams.head.w = host[k++]!;
     gradAsParams.head.b = host[k++]!;
     const expected = resnetToRows(gradAsParams);
-    for (let l = 0; l < expected.length; l++) {
-      const got = await rowGrads[l]!.data();
-      assert.ok(maxAbsDiff(got, expected[l]!) < 1e-5, `layer ${l}`);
-      assert.ok(got.some((v) => v !== 0), `layer ${l} receives gradient`);
-    }
+    await assertRowGradients(rowGrads, expected);
     const viaRows = tf.tidy(() => resnetLogits(rowsToResnetTensors(rowTensors, SMALL), x, 'eval'));
     assert.ok(maxAbsDiff(await viaRows.data(), await logitsOf(p, data, 'eval')) < 1e-6);
     tf.dispose([x, weights, ...rowTensors, ...rowGrads, ...paramGrads, viaRows]);
@@ -671,39 +640,35 @@ describe('ml resnet: rows view for a WeightFormer', () => {
   });
 });
 
+const RESNET_TRAINER: ResumableTrainer<ResnetArchitecture, ResnetParams> = {
+  train: trainResnet,
+  serializeState: serializeResnetTrainState,
+  deserializeState: deserializeResnetTrainState,
+  serializeParams: serializeResnetParams,
+};
+
 describe('ml resnet: training on wasm', function () {
   let mnistTrain: Dataset;
   let mnistTest: Dataset;
   let trained: ResnetTrainResult | undefined;
 
-  before(async () => {
-    await initBackend('wasm');
-    const all = loadEmbeddedMnist();
-    mnistTrain = selectExamples(all, range(0, 1000));
-    mnistTest = selectExamples(all, range(1000, 1500));
-  });
-  after(async () => {
-    await initBackend('cpu');
+  onBackend('wasm');
+  before(() => {
+    ({ train: mnistTrain, test: mnistTest } = mnistTrainTest());
   });
 
   it('learns 1,000 MNIST digits: loss falls and held-out accuracy is well above chance', async () => {
     const options: TrainResnetOptions = { arch: MNIST_RESNET, init: initResnet(MNIST_RESNET, 71), train: mnistTrain, epochs: 4, batchSize: 16, learningRate: 1e-2, seed: 72 };
-    const tensorsBefore = tf.memory().numTensors;
     const stepMs: number[] = [];
-    let last = Date.now();
-    const started = last;
-    trained = await trainResnet(options, {
-      onStep: () => {
-        const now = Date.now();
-        stepMs.push(now - last);
-        last = now;
-      },
-    });
-    const seconds = (Date.now() - started) / 1000;
-    assert.equal(tf.memory().numTensors, tensorsBefore, 'training frees every tensor it made');
-    const first = trained.epochCurve[0]!.meanLoss;
-    const final = trained.epochCurve[3]!.meanLoss;
-    const acc = await resnetAccuracy(trained.params, mnistTest);
+    let previous = Date.now();
+    const onStep = (): void => {
+      const now = Date.now();
+      stepMs.push(now - previous);
+      previous = now;
+    };
+    const run = await trainAndScore(trainResnet, options, resnetAccuracy, mnistTest, { onStep });
+    const { seconds, first, last: final, acc } = run;
+    trained = run.trained;
     const median = stepMs.sort((a, b) => a - b)[stepMs.length >> 1]!;
     // Reported so the figures in the hand-off can be checked.
     console.log(
@@ -717,9 +682,9 @@ describe('ml resnet: training on wasm', function () {
   });
 
   it('resumed from a serialised checkpoint (mid-epoch, and after an epoch) equals the uninterrupted run bit for bit; aborts resume exactly', async () => {
-    const train = randomData(50, SMALL, 81); // 50 = 6·8 + 2: a partial last batch
+    const train = randomImageData(50, SMALL, 81); // 50 = 6·8 + 2: a partial last batch
     const teachers = [randomResnet(SMALL, 82), randomResnet(SMALL, 83)];
-    const teacherProbs = await ensembleProbs(teachers, train, 2);
+    const teacherProbs = await softTargets(teachers, predictResnetLogits, train, 2);
     const options: TrainResnetOptions = {
       arch: SMALL,
       init: initResnet(SMALL, 84),
@@ -729,33 +694,12 @@ describe('ml resnet: training on wasm', function () {
       learningRate: 3e-3,
       seed: 85,
       kd: { teacherProbs, weight: 0.5, temperature: 2 },
-      validation: randomData(20, SMALL, 86),
+      validation: randomImageData(20, SMALL, 86),
       checkpointEvery: 4,
     };
-    const checkpoints: Uint8Array[] = [];
-    const full = await trainResnet(options, { onCheckpoint: (s) => void checkpoints.push(serializeResnetTrainState(s)) });
-    assert.equal(full.curve.length, 14);
-    assert.equal(checkpoints.length, 3);
-    assert.ok(full.epochCurve.every((e) => e.valAccuracy !== undefined));
-    const same = (other: ResnetTrainResult): void => {
-      assert.equal(digest(serializeResnetParams(other.params)), digest(serializeResnetParams(full.params)), 'parameters (running statistics included) are bit-identical');
-      assert.deepEqual(other.curve, full.curve);
-      assert.deepEqual(other.epochCurve, full.epochCurve);
-    };
-    for (const k of [0, 1]) {
-      const state = deserializeResnetTrainState(checkpoints[k]!);
-      assert.equal(state.step, 4 * (k + 1));
-      same(await trainResnet(options, {}, state));
-    }
-    let steps = 0;
-    const err = await trainResnet(options, { onStep: () => void steps++, shouldAbort: () => steps >= 7 }).then(
-      () => assert.fail('should abort'),
-      (e: unknown) => e,
-    );
-    assert.ok(err instanceof ResnetTrainingAbortedError);
-    assert.deepEqual([err.state.step, err.state.epoch, err.state.batchIndex], [7, 1, 0]);
-    same(await trainResnet(options, {}, deserializeResnetTrainState(serializeResnetTrainState(err.state))));
-    await assert.rejects(trainResnet({ ...options, seed: 87 }, {}, err.state), InputError);
+    const aborted = await assertExactResume(RESNET_TRAINER, options, { steps: 14, checkpoints: 3, resumeAt: [0, 1], abortAfter: 7 });
+    assert.ok(aborted instanceof ResnetTrainingAbortedError, 'the old name still catches it');
+    assert.deepEqual([aborted.state.step, aborted.state.epoch, aborted.state.batchIndex], [7, 1, 0]);
   });
 
   it('a trained ResNet and a permuted, further-trained copy: alignment keeps the copy’s function; aligned averaging keeps the accuracy, naive loses it', async function () {
@@ -782,20 +726,3 @@ describe('ml resnet: training on wasm', function () {
   });
 });
 
-/** The mean of the nets' softmax(logits / τ), n × classes (the KD target). */
-async function ensembleProbs(list: ResnetParams[], ds: Dataset, temperature: number): Promise<Float32Array> {
-  const classes = list[0]!.head.outSize;
-  const out = new Float32Array(ds.n * classes);
-  for (const p of list) {
-    const logits = await predictResnetLogits(p, ds);
-    const probs = tf.tidy(() => tf.softmax(tf.div(tf.tensor2d(logits, [ds.n, classes]), temperature)));
-    const v = await probs.data();
-    probs.dispose();
-    for (let i = 0; i < out.length; i++) out[i] = (out[i] ?? 0) + (v[i] ?? 0) / list.length;
-  }
-  return out;
-}
-
-function digest(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}

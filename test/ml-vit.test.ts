@@ -1,13 +1,25 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { initBackend } from '../src/ml/backend';
 import type { Dataset } from '../src/ml/data';
-import { loadEmbeddedMnist, selectExamples } from '../src/ml/data';
+import { selectExamples } from '../src/ml/data';
 import { accuracyOfScores } from '../src/ml/mlp';
 import { Rng } from '../src/ml/rng';
 import { tf } from '../src/ml/tf';
 import { lossOfLogits } from '../src/ml/cnn/train';
 import { InputError } from '../src/util/errors';
+import type { ResumableTrainer } from './helpers/ml';
+import {
+  assertExactResume,
+  assertGradientsMatchCpu,
+  assertRowGradients,
+  logitsOfParams,
+  maxAbsDiff,
+  mnistTrainTest,
+  onBackend,
+  randomImageData,
+  range,
+  softTargets,
+  trainAndScore,
+} from './helpers/ml';
 import type { TrainVitOptions, VitArchitecture, VitParams, VitPermutations, VitTensors, VitTrainResult } from '../src/ml/vit';
 import {
   alignedAverageVit,
@@ -58,11 +70,6 @@ function features(arch: VitArchitecture): number {
   return arch.inputShape[0] * arch.inputShape[1] * arch.inputShape[2];
 }
 
-function randomData(n: number, arch: VitArchitecture, seed: number): Dataset {
-  const r = new Rng(seed);
-  return { x: Float32Array.from({ length: n * features(arch) }, () => r.normal()), y: Int32Array.from({ length: n }, () => r.nextInt(arch.outputSize)), n };
-}
-
 /** A ViT whose every entry is non-trivial (initVit's biases, γ and β are constants, which would hide permutation bugs). */
 function randomVit(arch: VitArchitecture, seed: number): VitParams {
   const p = initVit(arch, seed);
@@ -82,20 +89,8 @@ function randomVit(arch: VitArchitecture, seed: number): VitParams {
   return p;
 }
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] ?? 0) - (b[i] ?? 0)));
-  return m;
-}
-
-async function logitsOf(p: VitParams, ds: Dataset): Promise<Float32Array> {
-  const t = vitParamsToTensors(p);
-  const y = tf.tidy(() => vitLogits(t, tf.tensor2d(ds.x, [ds.n, ds.x.length / ds.n])));
-  const out = new Float32Array(await y.data());
-  y.dispose();
-  disposeVitTensors(t);
-  return out;
+function logitsOf(p: VitParams, ds: Dataset): Promise<Float32Array> {
+  return logitsOfParams(p, ds, vitParamsToTensors, vitLogits, disposeVitTensors);
 }
 
 function randomPerms(p: VitParams, seed: number, withinHeads = true): VitPermutations {
@@ -108,14 +103,6 @@ function randomPerms(p: VitParams, seed: number, withinHeads = true): VitPermuta
     v: Array.from({ length: p.heads }, inner),
     mlp: r.permutation(b.fc1.outSize),
   }));
-}
-
-function range(from: number, to: number): number[] {
-  return Array.from({ length: to - from }, (_, i) => from + i);
-}
-
-function digest(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -245,9 +232,7 @@ const GRAD_CASES: Array<{ label: string; arch: VitArchitecture }> = [
 const cpuGradients = new Map<string, Float32Array[]>();
 
 describe('ml vit: architecture, parameters and file', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('initialises the requested shapes deterministically, with Glorot scale, LN γ 1 β 0', () => {
     const p = initVit(MNIST_VIT, 1);
@@ -320,7 +305,7 @@ describe('ml vit: architecture, parameters and file', () => {
 
   it('forward: logits batch × classes; uploads and downloads exactly; chunked evaluation equals one pass', async () => {
     const p = randomVit(SMALL, 6);
-    const data = randomData(1100, SMALL, 7); // more than two evaluation chunks
+    const data = randomImageData(1100, SMALL, 7); // more than two evaluation chunks
     const t = vitParamsToTensors(p);
     assert.deepEqual(await vitTensorsToParams(t), p);
     const logits4d = tf.tidy(() => vitLogits(t, tf.tensor4d(data.x.subarray(0, 5 * 48), [5, 4, 6, 2])));
@@ -335,19 +320,17 @@ describe('ml vit: architecture, parameters and file', () => {
     wrong.dispose();
     tf.dispose([logits4d, whole]);
     disposeVitTensors(t);
-    await assert.rejects(predictVitLogits(p, randomData(3, { ...SMALL, inputShape: [4, 6, 1] }, 1)), InputError);
+    await assert.rejects(predictVitLogits(p, randomImageData(3, { ...SMALL, inputShape: [4, 6, 1] }, 1)), InputError);
   });
 });
 
 describe('ml vit: forward and gradients on cpu vs an independent float64 reference', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   for (const c of GRAD_CASES) {
     it(`logits and loss gradients vs finite differences: ${c.label}`, async () => {
       const p = randomVit(c.arch, 31);
-      const data = randomData(5, c.arch, 32);
+      const data = randomImageData(5, c.arch, 32);
       const ref = vitParamArrays(p).map((a) => Float64Array.from(a));
       assert.ok(maxAbsDiff(await logitsOf(p, data), refLogits(c.arch, ref, data.x, data.n).flat()) < 1e-5, 'logits');
       const { loss, grads } = await tfLossAndGrads(c.arch, p, data);
@@ -375,32 +358,23 @@ describe('ml vit: forward and gradients on cpu vs an independent float64 referen
 });
 
 describe('ml vit: gradients on wasm', () => {
-  before(async () => {
-    await initBackend('wasm');
-  });
-  after(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('wasm');
 
   for (const c of GRAD_CASES) {
     it(`loss gradients run and match cpu: ${c.label}`, async () => {
-      const { grads } = await tfLossAndGrads(c.arch, randomVit(c.arch, 31), randomData(5, c.arch, 32));
+      const { grads } = await tfLossAndGrads(c.arch, randomVit(c.arch, 31), randomImageData(5, c.arch, 32));
       const cpu = cpuGradients.get(c.label) ?? assert.fail('the cpu case runs first');
-      grads.forEach((g, k) => {
-        for (let i = 0; i < g.length; i++) assert.ok(Math.abs(g[i]! - cpu[k]![i]!) <= 1e-4 + 1e-3 * Math.abs(cpu[k]![i]!), `array ${k}[${i}]: wasm ${g[i]} vs cpu ${cpu[k]![i]}`);
-      });
+      assertGradientsMatchCpu(grads, cpu);
     });
   }
 });
 
 describe('ml vit: alignment', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('permuting heads, within-head dims and MLP units preserves the function', async () => {
     const t = randomVit(WIDE, 51);
-    const x = randomData(16, WIDE, 52);
+    const x = randomImageData(16, WIDE, 52);
     const moved = permuteVitUnits(t, randomPerms(t, 53));
     assert.notDeepEqual(moved.blocks[1]!.q.w, t.blocks[1]!.q.w);
     assert.notDeepEqual(moved.blocks[0]!.proj.w, t.blocks[0]!.proj.w);
@@ -414,7 +388,7 @@ describe('ml vit: alignment', () => {
   });
 
   it('aligning a randomly permuted copy recovers it exactly, with the same logits (1e-5)', async () => {
-    const x = randomData(16, WIDE, 56);
+    const x = randomImageData(16, WIDE, 56);
     for (const arch of [WIDE, TINY, SMALL]) {
       const t = randomVit(arch, 57);
       const copy = permuteVitUnits(t, randomPerms(t, 58));
@@ -433,7 +407,7 @@ describe('ml vit: alignment', () => {
 
   it('aligning a different network preserves its outputs (< 1e-5) and refuses other shapes', async () => {
     const reference = randomVit(WIDE, 61);
-    const x = randomData(32, WIDE, 62);
+    const x = randomImageData(32, WIDE, 62);
     for (const seed of [63, 64]) {
       const teacher = randomVit(WIDE, seed);
       const aligned = alignVitToReference(reference, teacher);
@@ -446,9 +420,7 @@ describe('ml vit: alignment', () => {
 });
 
 describe('ml vit: rows view for a WeightFormer', () => {
-  before(async () => {
-    await initBackend('cpu');
-  });
+  onBackend('cpu');
 
   it('lays out one row per output unit / feature / token and round-trips exactly', () => {
     const linear = (name: string, rows: number, rowSize: number) => ({ kind: 'linear', name, rows, rowSize });
@@ -488,7 +460,7 @@ describe('ml vit: rows view for a WeightFormer', () => {
 
   it('rowsToVitTensors computes the same logits, and gradients reach the rows (the parameters’ gradients, rearranged)', async () => {
     const p = randomVit(SMALL, 73);
-    const data = randomData(6, SMALL, 74);
+    const data = randomImageData(6, SMALL, 74);
     const layout = vitRowsLayout(SMALL);
     const x = tf.tensor2d(data.x, [6, features(SMALL)]);
     const weights = tf.tensor2d(Float32Array.from({ length: 18 }, (_, i) => Math.sin(i)), [6, 3]);
@@ -500,11 +472,7 @@ describe('ml vit: rows view for a WeightFormer', () => {
     const host: Float32Array[] = [];
     for (const g of paramGrads) host.push(new Float32Array(await g.data()));
     const expected = vitToRows(vitParamsFromArrays(SMALL, host));
-    for (let l = 0; l < expected.length; l++) {
-      const got = await rowGrads[l]!.data();
-      assert.ok(maxAbsDiff(got, expected[l]!) < 1e-5, `layer ${layout[l]!.name}`);
-      assert.ok(got.some((v) => v !== 0), `layer ${layout[l]!.name} receives gradient`);
-    }
+    await assertRowGradients(rowGrads, expected, (l) => `layer ${layout[l]!.name}`);
     const viaRows = tf.tidy(() => {
       const t = rowsToVitTensors(rowTensors, SMALL);
       const y = vitLogits(t, x);
@@ -518,33 +486,30 @@ describe('ml vit: rows view for a WeightFormer', () => {
   });
 });
 
+const VIT_TRAINER: ResumableTrainer<VitArchitecture, VitParams> = {
+  train: trainVit,
+  serializeState: serializeVitTrainState,
+  deserializeState: deserializeVitTrainState,
+  serializeParams: serializeVitParams,
+};
+
 describe('ml vit: training on wasm', function () {
   let mnistTrain: Dataset;
   let mnistTest: Dataset;
   let trained: VitTrainResult | undefined;
   const EPOCHS = 5;
 
-  before(async () => {
-    await initBackend('wasm');
-    const all = loadEmbeddedMnist();
-    mnistTrain = selectExamples(all, range(0, 1000));
-    mnistTest = selectExamples(all, range(1000, 1500));
-  });
-  after(async () => {
-    await initBackend('cpu');
+  onBackend('wasm');
+  before(() => {
+    ({ train: mnistTrain, test: mnistTest } = mnistTrainTest());
   });
 
   it('learns 1,000 MNIST digits: loss falls and held-out accuracy is well above chance', async () => {
     const options: TrainVitOptions = { arch: MNIST_VIT, init: initVit(MNIST_VIT, 71), train: mnistTrain, epochs: EPOCHS, batchSize: 32, learningRate: 3e-3, seed: 72 };
-    const tensorsBefore = tf.memory().numTensors;
-    const started = Date.now();
     let steps = 0;
-    trained = await trainVit(options, { onStep: () => void steps++ });
-    const seconds = (Date.now() - started) / 1000;
-    assert.equal(tf.memory().numTensors, tensorsBefore, 'training frees every tensor it made');
-    const first = trained.epochCurve[0]!.meanLoss;
-    const last = trained.epochCurve[EPOCHS - 1]!.meanLoss;
-    const acc = await vitAccuracy(trained.params, mnistTest);
+    const run = await trainAndScore(trainVit, options, vitAccuracy, mnistTest, { onStep: () => void steps++ });
+    const { seconds, first, last, acc } = run;
+    trained = run.trained;
     // Reported so the figures in the hand-off can be checked.
     console.log(
       `      vit p7 d32 h4 x1 on 1000 digits, ${EPOCHS} epochs on wasm: ${seconds.toFixed(1)} s (${((1000 * seconds) / steps).toFixed(1)} ms/step, batch 32), loss ${first.toFixed(3)} → ${last.toFixed(3)}, test accuracy ${(acc * 100).toFixed(1)}%`,
@@ -556,7 +521,7 @@ describe('ml vit: training on wasm', function () {
 
   it('resumed from a serialised checkpoint (after epoch 1, and mid-epoch) equals the uninterrupted run bit for bit; aborts resume exactly', async () => {
     const train = selectExamples(mnistTrain, range(0, 300)); // 300 = 9·32 + 12: a partial last batch
-    const teacherProbs = await ensembleOfVits([initVit(MNIST_VIT, 81), initVit(MNIST_VIT, 82)], train, 2);
+    const teacherProbs = await softTargets([initVit(MNIST_VIT, 81), initVit(MNIST_VIT, 82)], predictVitLogits, train, 2);
     const options: TrainVitOptions = {
       arch: MNIST_VIT,
       init: initVit(MNIST_VIT, 83),
@@ -569,30 +534,9 @@ describe('ml vit: training on wasm', function () {
       validation: selectExamples(mnistTest, range(0, 100)),
       checkpointEvery: 5,
     };
-    const checkpoints: Uint8Array[] = [];
-    const full = await trainVit(options, { onCheckpoint: (s) => void checkpoints.push(serializeVitTrainState(s)) });
-    assert.equal(full.curve.length, 20);
-    assert.equal(checkpoints.length, 4);
-    assert.ok(full.epochCurve.every((e) => e.valAccuracy !== undefined));
-    const same = (other: VitTrainResult): void => {
-      assert.equal(digest(serializeVitParams(other.params)), digest(serializeVitParams(full.params)), 'parameters are bit-identical');
-      assert.deepEqual(other.curve, full.curve);
-      assert.deepEqual(other.epochCurve, full.epochCurve);
-    };
-    for (const k of [1, 2]) {
-      const state = deserializeVitTrainState(checkpoints[k]!);
-      assert.equal(state.step, 5 * (k + 1));
-      same(await trainVit(options, {}, state));
-    }
-    let steps = 0;
-    const err = await trainVit(options, { onStep: () => void steps++, shouldAbort: () => steps >= 7 }).then(
-      () => assert.fail('should abort'),
-      (e: unknown) => e,
-    );
-    assert.ok(err instanceof VitTrainingAbortedError);
-    same(await trainVit(options, {}, deserializeVitTrainState(serializeVitTrainState(err.state))));
-    await assert.rejects(trainVit({ ...options, seed: 85 }, {}, err.state), InputError);
-    const damaged = serializeVitTrainState(err.state);
+    const aborted = await assertExactResume(VIT_TRAINER, options, { steps: 20, checkpoints: 4, resumeAt: [1, 2], abortAfter: 7 });
+    assert.ok(aborted instanceof VitTrainingAbortedError, 'the old name still catches it');
+    const damaged = serializeVitTrainState(aborted.state);
     damaged[damaged.length - 40] = (damaged[damaged.length - 40] ?? 0) ^ 1;
     assert.throws(() => deserializeVitTrainState(damaged), InputError);
   });
@@ -618,15 +562,3 @@ describe('ml vit: training on wasm', function () {
   });
 });
 
-/** The mean of the ViTs' softmax(logits / τ), n × classes (the KD target). */
-async function ensembleOfVits(list: VitParams[], ds: Dataset, temperature: number): Promise<Float32Array> {
-  const out = new Float32Array(ds.n * 10);
-  for (const p of list) {
-    const logits = await predictVitLogits(p, ds);
-    const probs = tf.tidy(() => tf.softmax(tf.div(tf.tensor2d(logits, [ds.n, 10]), temperature)));
-    const v = await probs.data();
-    probs.dispose();
-    for (let i = 0; i < out.length; i++) out[i] = (out[i] ?? 0) + (v[i] ?? 0) / list.length;
-  }
-  return out;
-}

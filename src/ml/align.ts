@@ -8,10 +8,14 @@
  * bias, and outgoing weights — with a linear assignment solver, and repeats over the layers until no
  * permutation changes (each layer's choice depends on its neighbours'). Permuting hidden units never
  * changes the network's function, only the order of its units.
+ *
+ * The steps that do not depend on what a unit is (the assignment solver, the coordinate ascent, the
+ * similarity of feature rows, the float64 mean, aligned averaging) are exported here for the CNN, ResNet
+ * and ViT alignments, which only say how their units and signatures are laid out.
  */
 import { InputError } from '../util/errors';
 import type { MlpLayer, MlpParams } from './mlp';
-import { architectureSignature } from './mlp';
+import { architectureSignature, cloneParams } from './mlp';
 
 interface AssignmentResult {
   rowAssignments: Float64Array;
@@ -26,7 +30,7 @@ type LinearSumAssignment = (cost: number[][], options?: { maximaze?: boolean }) 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { linearSumAssignment } = require('linear-sum-assignment') as { linearSumAssignment: LinearSumAssignment };
 
-/** Passes over all hidden layers; weight matching typically settles in 2–4. */
+/** Passes over all groups of units; weight matching typically settles in 2–4. */
 const MAX_PASSES = 10;
 
 /**
@@ -48,14 +52,41 @@ export function maximizeAssignment(similarity: Float64Array, n: number): Int32Ar
   return perm;
 }
 
-function checkSameArchitecture(list: MlpParams[]): void {
+/**
+ * Weight matching's coordinate ascent, for every family: one permutation per group of units (`sizes[g]`
+ * units in group g), each chosen in turn to maximise its similarity given the others' current choice,
+ * repeated until a pass changes nothing. `similarity(g, perms)` is group g's n × n matrix with the
+ * neighbouring groups read through `perms`. A fixed group order (not a random one, as in the paper) keeps
+ * alignment a pure function of its inputs.
+ */
+export function coordinateAscent(sizes: number[], similarity: (g: number, perms: Int32Array[]) => Float64Array): Int32Array[] {
+  const perms: Int32Array[] = sizes.map((n) => Int32Array.from({ length: n }, (_, i) => i));
+  for (let pass = 0; pass < MAX_PASSES; pass++) {
+    let changed = false;
+    sizes.forEach((n, g) => {
+      const perm = maximizeAssignment(similarity(g, perms), n);
+      const old = perms[g];
+      if (!old || perm.some((p, i) => p !== old[i])) changed = true;
+      perms[g] = perm;
+    });
+    if (!changed) break;
+  }
+  return perms;
+}
+
+/** Throws InputError unless `list` is non-empty and all its models have the first one's signature. */
+export function checkSameSignature<P>(list: P[], signature: (p: P) => string): void {
   const first = list[0];
-  if (!first) throw new InputError('need at least one model');
-  const sig = architectureSignature(first);
+  if (first === undefined) throw new InputError('need at least one model');
+  const sig = signature(first);
   for (const p of list) {
-    const other = architectureSignature(p);
+    const other = signature(p);
     if (other !== sig) throw new InputError(`models differ in architecture: ${sig} vs ${other}`);
   }
+}
+
+function checkSameArchitecture(list: MlpParams[]): void {
+  checkSameSignature(list, architectureSignature);
 }
 
 function layerAt(p: MlpParams, l: number): MlpLayer {
@@ -125,22 +156,8 @@ export function permuteHiddenUnits(teacher: MlpParams, perms: Int32Array[]): Mlp
 /** The permutations weight matching chooses to align `teacher` to `reference`. */
 export function matchWeights(reference: MlpParams, teacher: MlpParams): Int32Array[] {
   checkSameArchitecture([reference, teacher]);
-  const hidden = reference.layers.length - 1;
-  const perms: Int32Array[] = [];
-  for (let l = 0; l < hidden; l++) perms.push(Int32Array.from({ length: layerAt(reference, l).outSize }, (_, i) => i));
-  for (let pass = 0; pass < MAX_PASSES; pass++) {
-    let changed = false;
-    // A fixed layer order (not a random one, as in the paper) keeps alignment a pure function of its inputs.
-    for (let l = 0; l < hidden; l++) {
-      const n = layerAt(reference, l).outSize;
-      const perm = maximizeAssignment(similarityMatrix(reference, teacher, l, perms), n);
-      const old = perms[l];
-      if (!old || perm.some((p, i) => p !== old[i])) changed = true;
-      perms[l] = perm;
-    }
-    if (!changed) break;
-  }
-  return perms;
+  const widths = reference.layers.slice(0, -1).map((l) => l.outSize);
+  return coordinateAscent(widths, (l, perms) => similarityMatrix(reference, teacher, l, perms));
 }
 
 /**
@@ -153,30 +170,54 @@ export function alignToReference(reference: MlpParams, teacher: MlpParams): MlpP
   return permuteHiddenUnits(teacher, matchWeights(reference, teacher));
 }
 
+/**
+ * Element-wise mean of models of one architecture, for every family: a copy of the first (`clone`) whose
+ * arrays (`arrays`, in a fixed order, running BN statistics included) are overwritten with the means,
+ * accumulated in float64 so the result does not depend on float32 rounding of partial sums.
+ */
+export function averageArrays<P>(list: P[], clone: (p: P) => P, arrays: (p: P) => Float32Array[]): P {
+  const out = clone(list[0] as P);
+  const targets = arrays(out);
+  const sources = list.map(arrays);
+  targets.forEach((target, a) => {
+    const acc = new Float64Array(target.length);
+    for (const s of sources) {
+      const src = s[a] as Float32Array;
+      for (let i = 0; i < acc.length; i++) acc[i] = (acc[i] ?? 0) + (src[i] ?? 0);
+    }
+    for (let i = 0; i < acc.length; i++) target[i] = (acc[i] ?? 0) / list.length;
+  });
+  return out;
+}
+
+/** Every family's aligned average: each model aligned to `list[referenceIndex]` (which stays as it is), then averaged. */
+export function alignedAverageOf<P>(list: P[], referenceIndex: number, align: (reference: P, p: P) => P, average: (list: P[]) => P): P {
+  const reference = list[referenceIndex];
+  if (reference === undefined) throw new InputError(`reference index ${referenceIndex} is outside the ${list.length} models`);
+  return average(list.map((p, i) => (i === referenceIndex ? p : align(reference, p))));
+}
+
+/**
+ * The similarity of every reference unit i to every teacher unit j, from their signatures as rows of
+ * units × size feature matrices (neighbouring layers already read through the teacher's permutations):
+ * sim[i·n + j] = ⟨reference row i, teacher row j⟩, in float64.
+ */
+export function featureSimilarity(reference: { features: Float64Array; size: number }, teacher: { features: Float64Array; size: number }, n: number): Float64Array {
+  const sim = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let k = 0; k < reference.size; k++) s += (reference.features[i * reference.size + k] ?? 0) * (teacher.features[j * teacher.size + k] ?? 0);
+      sim[i * n + j] = s;
+    }
+  }
+  return sim;
+}
+
 /** Element-wise mean of parameters (accumulated in float64). */
 export function averageParams(list: MlpParams[]): MlpParams {
   checkSameArchitecture(list);
-  const first = list[0] as MlpParams;
-  const mean = (pick: (p: MlpParams) => Float32Array): Float32Array => {
-    const size = pick(first).length;
-    const acc = new Float64Array(size);
-    for (const p of list) {
-      const a = pick(p);
-      for (let i = 0; i < size; i++) acc[i] = (acc[i] ?? 0) + (a[i] ?? 0);
-    }
-    const out = new Float32Array(size);
-    for (let i = 0; i < size; i++) out[i] = (acc[i] ?? 0) / list.length;
-    return out;
-  };
-  return {
-    activation: first.activation,
-    layers: first.layers.map((layer, l) => ({
-      w: mean((p) => layerAt(p, l).w),
-      b: mean((p) => layerAt(p, l).b),
-      inSize: layer.inSize,
-      outSize: layer.outSize,
-    })),
-  };
+  return averageArrays(list, cloneParams, (p) => p.layers.flatMap((l) => [l.w, l.b]));
 }
 
 /** The naive baseline: average the teachers as they are (unit i with unit i). */
@@ -186,7 +227,5 @@ export function naiveAverage(list: MlpParams[]): MlpParams {
 
 /** Aligns every teacher to `list[referenceIndex]`, then averages. */
 export function alignedAverage(list: MlpParams[], referenceIndex = 0): MlpParams {
-  const reference = list[referenceIndex];
-  if (!reference) throw new InputError(`reference index ${referenceIndex} is outside the ${list.length} models`);
-  return averageParams(list.map((p, i) => (i === referenceIndex ? p : alignToReference(reference, p))));
+  return alignedAverageOf(list, referenceIndex, alignToReference, averageParams);
 }

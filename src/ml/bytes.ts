@@ -168,3 +168,55 @@ export function readJsonHeader<T>(reader: ByteReader, what: string): T {
     throw new InputError(`${what}: unreadable header`);
   }
 }
+
+/**
+ * A parameter file of the conv and transformer families: magic, u32 version, the architecture as a JSON
+ * header, then every parameter array as f32 in a fixed order, then the sha256 trailer. The header says how
+ * long each array is, so the file needs no other framing.
+ */
+export interface ArrayFileFormat<A, P> extends ContainerFormat {
+  /** The architecture `p` has: the header. */
+  architectureOf(p: P): A;
+  /** `p`'s arrays in file order. */
+  arrays(p: P): Float32Array[];
+  /** Throws InputError unless `p` is consistent and finite (files are refused otherwise, both ways). */
+  validate(p: P): void;
+  /** Throws InputError unless a header read from a file describes a buildable architecture. */
+  checkArchitecture(arch: A): void;
+  /** Float32 values a file of `arch` holds, computed without allocating them. */
+  floatCount(arch: A): number;
+  /** Names `arch` in error messages. */
+  signature(arch: A): string;
+  /** Parameters of `arch` whose arrays, in file order, are read with `read(length)`. */
+  build(arch: A, read: (length: number) => Float32Array): P;
+}
+
+/** Bytes of `p` in `format`; refuses (InputError) invalid or non-finite parameters. */
+export function writeArrayFile<A, P>(format: ArrayFileFormat<A, P>, p: P): Uint8Array {
+  format.validate(p);
+  const out = new ByteWriter();
+  out.ascii(format.magic);
+  out.u32(format.version);
+  out.utf8(JSON.stringify(format.architectureOf(p)));
+  for (const a of format.arrays(p)) out.f32Array(a);
+  return out.finishWithChecksum();
+}
+
+/** Parses and validates a file of `format`; InputError says what is wrong with it. */
+export function readArrayFile<A, P>(format: ArrayFileFormat<A, P>, bytes: Uint8Array): P {
+  const r = openContainer(bytes, format);
+  const arch = readJsonHeader<A | null>(r, format.what);
+  if (typeof arch !== 'object' || arch === null) throw new InputError(`${format.what}: unreadable header`);
+  format.checkArchitecture(arch);
+  // Checked before allocating: a damaged header must not ask for gigabytes.
+  if (r.remaining !== 4 * format.floatCount(arch)) throw new InputError(`${format.what}: ${r.remaining} bytes of values do not fit ${format.signature(arch)}`);
+  const params = format.build(arch, (length) => r.f32Array(length));
+  r.expectEnd();
+  format.validate(params);
+  return params;
+}
+
+/** sha256 (hex) of bytes: the content address of a parameter file. */
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}

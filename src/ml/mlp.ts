@@ -13,6 +13,7 @@ import type { ArchitectureSpec } from '../spec/types';
 import { InputError } from '../util/errors';
 import type { Dataset } from './data';
 import { featureSize } from './data';
+import { mapChunks, withTensors } from './evaluate';
 import { Rng } from './rng';
 import { tf } from './tf';
 
@@ -169,31 +170,12 @@ async function mapChunksWithTensors(
   const want = t.layers[0]?.w.shape[0] ?? 0;
   if (ds.n > 0 && d !== want) throw new InputError(`data has ${d} features per example but the model takes ${want}`);
   const classes = t.layers[t.layers.length - 1]?.b.shape[0] ?? 0;
-  const out = new Float32Array(ds.n * classes);
-  for (let start = 0; start < ds.n; start += EVAL_CHUNK) {
-    const rows = Math.min(EVAL_CHUNK, ds.n - start);
-    const result = tf.tidy(() => fn(t, tf.tensor2d(ds.x.subarray(start * d, (start + rows) * d), [rows, d])));
-    try {
-      out.set(await result.data(), start * classes);
-    } finally {
-      result.dispose();
-    }
-  }
-  return out;
+  return mapChunks(ds, EVAL_CHUNK, classes, (x) => fn(t, x));
 }
 
 /** Uploads the parameters once, runs `fn` over `ds` in chunks, and frees them. */
-async function mapChunks(
-  params: MlpParams,
-  ds: Dataset,
-  fn: (t: MlpTensors, x: tf.Tensor2D) => tf.Tensor2D,
-): Promise<Float32Array> {
-  const t = paramsToTensors(params);
-  try {
-    return await mapChunksWithTensors(t, ds, fn);
-  } finally {
-    disposeMlpTensors(t);
-  }
+function mapParamChunks(params: MlpParams, ds: Dataset, fn: (t: MlpTensors, x: tf.Tensor2D) => tf.Tensor2D): Promise<Float32Array> {
+  return withTensors(paramsToTensors(params), disposeMlpTensors, (t) => mapChunksWithTensors(t, ds, fn));
 }
 
 /** Top-1 accuracy of parameters that are already tensors (the trainer's per-epoch validation). */
@@ -203,13 +185,13 @@ export async function accuracyOfTensors(t: MlpTensors, ds: Dataset): Promise<num
 
 /** Logits, n × outSize. */
 export async function predictLogits(params: MlpParams, ds: Dataset): Promise<Float32Array> {
-  return mapChunks(params, ds, mlpLogits);
+  return mapParamChunks(params, ds, mlpLogits);
 }
 
 /** softmax(logits / temperature), n × outSize. */
 export async function predictProbs(params: MlpParams, ds: Dataset, temperature = 1): Promise<Float32Array> {
   if (!(temperature > 0)) throw new InputError(`temperature must be positive, got ${temperature}`);
-  return mapChunks(params, ds, (t, x) => tf.softmax(tf.div<tf.Tensor2D>(mlpLogits(t, x), temperature)));
+  return mapParamChunks(params, ds, (t, x) => tf.softmax(tf.div<tf.Tensor2D>(mlpLogits(t, x), temperature)));
 }
 
 /**

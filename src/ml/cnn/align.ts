@@ -8,14 +8,10 @@
  * channel consistently through kernel, bias, BN entries and its readers does not change the network's
  * function, in either BN mode (batch statistics are per channel too).
  */
-import { InputError } from '../../util/errors';
-import { maximizeAssignment } from '../align';
+import { alignedAverageOf, averageArrays, checkSameSignature, coordinateAscent, featureSimilarity } from '../align';
 import type { CnnParams } from './architecture';
 import { cloneCnnParams, cnnSignature } from './architecture';
 import { cnnParamArrays } from './io';
-
-/** Passes over all layers; weight matching typically settles in 2–4 (as in align.ts). */
-const MAX_PASSES = 10;
 
 /** One permutation per permutable layer: each conv block, then each hidden dense layer. `perm[i]` is the old index of new unit i. */
 export type CnnPermutations = Int32Array[];
@@ -25,13 +21,7 @@ function permutableCount(p: CnnParams): number {
 }
 
 function checkSameArchitecture(list: CnnParams[]): void {
-  const first = list[0];
-  if (!first) throw new InputError('need at least one model');
-  const sig = cnnSignature(first);
-  for (const p of list) {
-    const other = cnnSignature(p);
-    if (other !== sig) throw new InputError(`models differ in architecture: ${sig} vs ${other}`);
-  }
+  checkSameSignature(list, cnnSignature);
 }
 
 function unitsOf(p: CnnParams, g: number): number {
@@ -129,18 +119,7 @@ function unitFeatures(p: CnnParams, perms: CnnPermutations, g: number): { featur
 }
 
 function similarityMatrix(reference: CnnParams, teacher: CnnParams, g: number, perms: CnnPermutations): Float64Array {
-  const n = unitsOf(reference, g);
-  const r = unitFeatures(reference, [], g);
-  const t = unitFeatures(teacher, perms, g);
-  const sim = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let k = 0; k < r.size; k++) s += (r.features[i * r.size + k] ?? 0) * (t.features[j * t.size + k] ?? 0);
-      sim[i * n + j] = s;
-    }
-  }
-  return sim;
+  return featureSimilarity(unitFeatures(reference, [], g), unitFeatures(teacher, perms, g), unitsOf(reference, g));
 }
 
 /**
@@ -193,21 +172,8 @@ export function permuteCnnUnits(p: CnnParams, perms: CnnPermutations): CnnParams
 /** The permutations weight matching chooses to align `teacher` to `reference`. */
 export function matchCnnWeights(reference: CnnParams, teacher: CnnParams): CnnPermutations {
   checkSameArchitecture([reference, teacher]);
-  const count = permutableCount(reference);
-  const perms: CnnPermutations = [];
-  for (let g = 0; g < count; g++) perms.push(Int32Array.from({ length: unitsOf(reference, g) }, (_, i) => i));
-  for (let pass = 0; pass < MAX_PASSES; pass++) {
-    let changed = false;
-    // A fixed layer order keeps alignment a pure function of its inputs (as in align.ts).
-    for (let g = 0; g < count; g++) {
-      const perm = maximizeAssignment(similarityMatrix(reference, teacher, g, perms), unitsOf(reference, g));
-      const old = perms[g];
-      if (!old || perm.some((v, i) => v !== old[i])) changed = true;
-      perms[g] = perm;
-    }
-    if (!changed) break;
-  }
-  return perms;
+  const sizes = Array.from({ length: permutableCount(reference) }, (_, g) => unitsOf(reference, g));
+  return coordinateAscent(sizes, (g, perms) => similarityMatrix(reference, teacher, g, perms));
 }
 
 /**
@@ -223,18 +189,7 @@ export function alignCnnToReference(reference: CnnParams, teacher: CnnParams): C
 /** Element-wise mean of every array, running BN statistics included (accumulated in float64). */
 export function averageCnnParams(list: CnnParams[]): CnnParams {
   checkSameArchitecture(list);
-  const out = cloneCnnParams(list[0] as CnnParams);
-  const targets = cnnParamArrays(out);
-  const sources = list.map(cnnParamArrays);
-  targets.forEach((target, a) => {
-    const acc = new Float64Array(target.length);
-    for (const s of sources) {
-      const src = s[a] as Float32Array;
-      for (let i = 0; i < acc.length; i++) acc[i] = (acc[i] ?? 0) + (src[i] ?? 0);
-    }
-    for (let i = 0; i < acc.length; i++) target[i] = (acc[i] ?? 0) / list.length;
-  });
-  return out;
+  return averageArrays(list, cloneCnnParams, cnnParamArrays);
 }
 
 /** The naive baseline: average the teachers as they are (channel i with channel i). */
@@ -247,7 +202,5 @@ export function naiveAverageCnn(list: CnnParams[]): CnnParams {
  * `recomputeBnStatistics`: averaged running statistics do not describe the averaged network.
  */
 export function alignedAverageCnn(list: CnnParams[], referenceIndex = 0): CnnParams {
-  const reference = list[referenceIndex];
-  if (!reference) throw new InputError(`reference index ${referenceIndex} is outside the ${list.length} models`);
-  return averageCnnParams(list.map((p, i) => (i === referenceIndex ? p : alignCnnToReference(reference, p))));
+  return alignedAverageOf(list, referenceIndex, alignCnnToReference, averageCnnParams);
 }

@@ -6,13 +6,15 @@
  */
 import { InputError } from '../../util/errors';
 import type { Dataset } from '../data';
-import { featureSize } from '../data';
+import { checkImageFeatures, mapChunks, withTensors } from '../evaluate';
 import { accuracyOfScores } from '../mlp';
 import { tf } from '../tf';
 import type { CnnParams, CnnPool } from './architecture';
-import { BN_MOMENTUM, cloneCnnParams } from './architecture';
+import { cloneCnnParams } from './architecture';
+import type { BnNetwork } from './bn-stats';
+import { recomputeRunningStats, runningStatsAfterStep } from './bn-stats';
 import type { BatchMoments } from './ops';
-import { batchNormEval, batchNormTrain, conv2dSame, pool2x2, unbiasedVariance } from './ops';
+import { batchNormEval, batchNormTrain, conv2dSame, pool2x2 } from './ops';
 
 export type CnnMode = 'train' | 'eval';
 
@@ -151,47 +153,20 @@ export function updatedRunningStats(
 ): Array<{ runningMean: tf.Tensor1D; runningVar: tf.Tensor1D } | undefined> {
   return t.convs.map((block, i) => {
     const m = moments[i];
-    if (!block.bn || !m) return undefined;
-    return {
-      runningMean: tf.add(tf.mul(block.bn.runningMean, 1 - BN_MOMENTUM), tf.mul(m.mean, BN_MOMENTUM)) as tf.Tensor1D,
-      runningVar: tf.add(tf.mul(block.bn.runningVar, 1 - BN_MOMENTUM), tf.mul(unbiasedVariance(m), BN_MOMENTUM)) as tf.Tensor1D,
-    };
+    return block.bn && m ? runningStatsAfterStep(block.bn, m) : undefined;
   });
-}
-
-function checkFeatures(t: CnnTensors, ds: Dataset): void {
-  const [h, w, c] = t.inputShape;
-  if (ds.n > 0 && featureSize(ds) !== h * w * c) {
-    throw new InputError(`data has ${featureSize(ds)} features per example but the model takes ${h}×${w}×${c} = ${h * w * c}`);
-  }
 }
 
 /** Eval-mode logits of already-uploaded parameters over `ds` in chunks, n × classes. */
 export async function cnnLogitsOfTensors(t: CnnTensors, ds: Dataset): Promise<Float32Array> {
-  checkFeatures(t, ds);
-  const d = featureSize(ds);
+  checkImageFeatures(t.inputShape, ds);
   const classes = t.dense[t.dense.length - 1]?.b.shape[0] ?? 0;
-  const out = new Float32Array(ds.n * classes);
-  for (let start = 0; start < ds.n; start += EVAL_CHUNK) {
-    const rows = Math.min(EVAL_CHUNK, ds.n - start);
-    const result = tf.tidy(() => cnnLogits(t, tf.tensor2d(ds.x.subarray(start * d, (start + rows) * d), [rows, d]), 'eval'));
-    try {
-      out.set(await result.data(), start * classes);
-    } finally {
-      result.dispose();
-    }
-  }
-  return out;
+  return mapChunks(ds, EVAL_CHUNK, classes, (x) => cnnLogits(t, x, 'eval'));
 }
 
 /** Eval-mode logits, n × classes, on whatever backend is active. */
 export async function predictCnnLogits(params: CnnParams, ds: Dataset): Promise<Float32Array> {
-  const t = cnnParamsToTensors(params);
-  try {
-    return await cnnLogitsOfTensors(t, ds);
-  } finally {
-    disposeCnnTensors(t);
-  }
+  return withTensors(cnnParamsToTensors(params), disposeCnnTensors, (t) => cnnLogitsOfTensors(t, ds));
 }
 
 /** Top-1 accuracy (eval mode) on `ds`. */
@@ -204,53 +179,21 @@ export async function cnnAccuracyOfTensors(t: CnnTensors, ds: Dataset): Promise<
   return accuracyOfScores(await cnnLogitsOfTensors(t, ds), ds.y);
 }
 
+/** The CNN as BN re-estimation sees it: every conv block, BN or not, in order. */
+const CNN_BN: BnNetwork<CnnParams, CnnTensors> = {
+  clone: cloneCnnParams,
+  bnLayers: (p) => p.convs,
+  toTensors: cnnParamsToTensors,
+  dispose: disposeCnnTensors,
+  inputShape: (p) => p.inputShape,
+  trainMoments: (t, x) => cnnForward(t, x, 'train').batchMoments,
+};
+
 /**
- * Running statistics re-estimated from `data`, everything else unchanged: train-mode forward passes over
- * consecutive chunks of `batchSize` examples (no gradient steps), and each BN layer's running mean and
- * (unbiased) variance set to the average of the chunks' batch moments, weighted by the chunk's size —
- * PyTorch's `update_bn` (momentum None), except that a short last chunk counts for what it holds. Needed
- * after averaging: the mean of teachers' running statistics is not the statistics of the averaged net.
+ * Running statistics re-estimated from `data` in chunks of `batchSize`, everything else unchanged
+ * (PyTorch's `update_bn`; see `recomputeRunningStats`). Needed after averaging: the mean of teachers'
+ * running statistics is not the statistics of the averaged net.
  */
-export async function recomputeBnStatistics(params: CnnParams, data: Dataset, batchSize: number): Promise<CnnParams> {
-  if (!Number.isInteger(batchSize) || batchSize < 2) throw new InputError(`batchSize must be an integer ≥ 2 (batch statistics), got ${batchSize}`);
-  if (data.n < 1) throw new InputError('recomputing BN statistics needs data');
-  const out = cloneCnnParams(params);
-  if (!params.convs.some((c) => c.bn)) return out;
-  const t = cnnParamsToTensors(params);
-  try {
-    checkFeatures(t, data);
-    const d = featureSize(data);
-    const sums = params.convs.map((c) => ({ mean: new Float64Array(c.outChannels), var: new Float64Array(c.outChannels) }));
-    for (let start = 0; start < data.n; start += batchSize) {
-      const rows = Math.min(batchSize, data.n - start);
-      const stats = tf.tidy(() => {
-        const { batchMoments } = cnnForward(t, tf.tensor2d(data.x.subarray(start * d, (start + rows) * d), [rows, d]), 'train');
-        return batchMoments.map((m) => (m ? [m.mean, unbiasedVariance(m)] : []));
-      });
-      try {
-        for (const [b, pair] of stats.entries()) {
-          const [mean, variance] = pair;
-          const sum = sums[b];
-          if (!mean || !variance || !sum) continue;
-          const mv = await mean.data();
-          const vv = await variance.data();
-          for (let ch = 0; ch < sum.mean.length; ch++) {
-            sum.mean[ch] = (sum.mean[ch] ?? 0) + rows * (mv[ch] ?? 0);
-            sum.var[ch] = (sum.var[ch] ?? 0) + rows * (vv[ch] ?? 0);
-          }
-        }
-      } finally {
-        tf.dispose(stats.flat());
-      }
-    }
-    out.convs.forEach((c, b) => {
-      const sum = sums[b];
-      if (!c.bn || !sum) return;
-      c.bn.runningMean = Float32Array.from(sum.mean, (s) => s / data.n);
-      c.bn.runningVar = Float32Array.from(sum.var, (s) => s / data.n);
-    });
-    return out;
-  } finally {
-    disposeCnnTensors(t);
-  }
+export function recomputeBnStatistics(params: CnnParams, data: Dataset, batchSize: number): Promise<CnnParams> {
+  return recomputeRunningStats(CNN_BN, params, data, batchSize);
 }

@@ -7,13 +7,10 @@
  *
  * Loading validates everything (`validateCnnParams`): the bytes may be someone else's.
  */
-import { createHash } from 'node:crypto';
-import { InputError } from '../../util/errors';
-import { ByteWriter, openContainer, readJsonHeader } from '../bytes';
+import type { ArrayFileFormat } from '../bytes';
+import { readArrayFile, sha256Hex, writeArrayFile } from '../bytes';
 import type { CnnArchitecture, CnnParams } from './architecture';
 import { checkCnnArchitecture, cnnArchitectureOf, cnnFlatSize, cnnSignature, initCnn, validateCnnParams } from './architecture';
-
-const FORMAT = { magic: 'WFCN', version: 1, what: 'CNN parameter file' };
 
 /** The parameter arrays in file order (also the order of `initCnn`'s layout, so shapes come from it). */
 export function cnnParamArrays(p: CnnParams): Float32Array[] {
@@ -40,34 +37,36 @@ function floatCount(arch: CnnArchitecture): number {
   return count;
 }
 
+/** The file format: the architecture as header, arrays in `cnnParamArrays` order. */
+const FORMAT: ArrayFileFormat<CnnArchitecture, CnnParams> = {
+  magic: 'WFCN',
+  version: 1,
+  what: 'CNN parameter file',
+  architectureOf: cnnArchitectureOf,
+  arrays: cnnParamArrays,
+  validate: validateCnnParams,
+  checkArchitecture: checkCnnArchitecture,
+  floatCount,
+  signature: cnnSignature,
+  build: (arch, read) => {
+    // The architecture fixes every array's length; a fresh init supplies the shapes, the file the values.
+    const params = initCnn(arch, 0);
+    for (const a of cnnParamArrays(params)) a.set(read(a.length));
+    return params;
+  },
+};
+
 /** Bytes of `p`; refuses (InputError) invalid or non-finite parameters. */
 export function serializeCnnParams(p: CnnParams): Uint8Array {
-  validateCnnParams(p);
-  const out = new ByteWriter();
-  out.ascii(FORMAT.magic);
-  out.u32(FORMAT.version);
-  out.utf8(JSON.stringify(cnnArchitectureOf(p)));
-  for (const a of cnnParamArrays(p)) out.f32Array(a);
-  return out.finishWithChecksum();
+  return writeArrayFile(FORMAT, p);
 }
 
 /** Parses and validates a CNN parameter file; InputError says what is wrong with it. */
 export function deserializeCnnParams(bytes: Uint8Array): CnnParams {
-  const r = openContainer(bytes, FORMAT);
-  const arch = readJsonHeader<CnnArchitecture>(r, FORMAT.what);
-  if (typeof arch !== 'object' || arch === null) throw new InputError(`${FORMAT.what}: unreadable header`);
-  checkCnnArchitecture(arch);
-  // Checked before allocating: a damaged header must not ask for gigabytes.
-  if (r.remaining !== 4 * floatCount(arch)) throw new InputError(`${FORMAT.what}: ${r.remaining} bytes of values do not fit ${cnnSignature(arch)}`);
-  // The architecture fixes every array's length; a fresh init supplies the shapes, the file the values.
-  const params = initCnn(arch, 0);
-  for (const a of cnnParamArrays(params)) a.set(r.f32Array(a.length));
-  r.expectEnd();
-  validateCnnParams(params);
-  return params;
+  return readArrayFile(FORMAT, bytes);
 }
 
 /** sha256 (hex) of the parameter file: the content address of a CNN. */
 export function cnnParamsDigest(p: CnnParams): string {
-  return createHash('sha256').update(serializeCnnParams(p)).digest('hex');
+  return sha256Hex(serializeCnnParams(p));
 }

@@ -15,12 +15,9 @@
  * average pool all act per channel).
  */
 import { InputError } from '../../util/errors';
-import { maximizeAssignment } from '../align';
+import { alignedAverageOf, averageArrays, checkSameSignature, coordinateAscent, featureSimilarity } from '../align';
 import type { ResnetConv, ResnetParams } from './architecture';
 import { cloneResnetParams, resnetBlocks, resnetParamArrays, resnetSignature } from './architecture';
-
-/** Passes over all permutations; weight matching typically settles in 2–4 (as in align.ts). */
-const MAX_PASSES = 10;
 
 /** `perm[i]` is the old index of new channel i. */
 export interface ResnetPermutations {
@@ -31,13 +28,7 @@ export interface ResnetPermutations {
 }
 
 function checkSameArchitecture(list: ResnetParams[]): void {
-  const first = list[0];
-  if (!first) throw new InputError('need at least one model');
-  const sig = resnetSignature(first);
-  for (const p of list) {
-    const other = resnetSignature(p);
-    if (other !== sig) throw new InputError(`models differ in architecture: ${sig} vs ${other}`);
-  }
+  checkSameSignature(list, resnetSignature);
 }
 
 const at = (perm: Int32Array | undefined, i: number): number => (perm ? (perm[i] ?? 0) : i);
@@ -93,18 +84,7 @@ function channelFeatures(p: ResnetParams, group: number, perms: ResnetPermutatio
 }
 
 function similarityMatrix(reference: ResnetParams, teacher: ResnetParams, group: number, perms: ResnetPermutations): Float64Array {
-  const n = reference.stem.outChannels;
-  const r = channelFeatures(reference, group, undefined);
-  const t = channelFeatures(teacher, group, perms);
-  const sim = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let k = 0; k < r.size; k++) s += (r.features[i * r.size + k] ?? 0) * (t.features[j * t.size + k] ?? 0);
-      sim[i * n + j] = s;
-    }
-  }
-  return sim;
+  return featureSimilarity(channelFeatures(reference, group, undefined), channelFeatures(teacher, group, perms), reference.stem.outChannels);
 }
 
 /** `target` := `c` with its input channels moved by `inPerm` and output channels by `outPerm`. */
@@ -165,23 +145,10 @@ export function permuteResnetChannels(p: ResnetParams, perms: ResnetPermutations
 export function matchResnetWeights(reference: ResnetParams, teacher: ResnetParams): ResnetPermutations {
   checkSameArchitecture([reference, teacher]);
   const width = reference.stem.outChannels;
-  const identity = (): Int32Array => Int32Array.from({ length: width }, (_, i) => i);
-  const blockCount = resnetBlocks(reference).length;
-  const perms: ResnetPermutations = { stream: identity(), inner: Array.from({ length: blockCount }, identity) };
-  const same = (a: Int32Array, b: Int32Array | undefined): boolean => !!b && a.every((v, i) => v === b[i]);
-  for (let pass = 0; pass < MAX_PASSES; pass++) {
-    let changed = false;
-    // A fixed order (stream, then blocks in order) keeps alignment a pure function of its inputs.
-    for (let group = -1; group < blockCount; group++) {
-      const perm = maximizeAssignment(similarityMatrix(reference, teacher, group, perms), width);
-      const old = group < 0 ? perms.stream : perms.inner[group];
-      if (!same(perm, old)) changed = true;
-      if (group < 0) perms.stream = perm;
-      else perms.inner[group] = perm;
-    }
-    if (!changed) break;
-  }
-  return perms;
+  // Groups in a fixed order: the stream (group 0 here, −1 for `similarityMatrix`), then the blocks in order.
+  const asPermutations = (flat: Int32Array[]): ResnetPermutations => ({ stream: flat[0] as Int32Array, inner: flat.slice(1) });
+  const sizes = Array.from({ length: 1 + resnetBlocks(reference).length }, () => width);
+  return asPermutations(coordinateAscent(sizes, (g, flat) => similarityMatrix(reference, teacher, g - 1, asPermutations(flat))));
 }
 
 /**
@@ -197,18 +164,7 @@ export function alignResnetToReference(reference: ResnetParams, teacher: ResnetP
 /** Element-wise mean of every array, running BN statistics included (accumulated in float64). */
 export function averageResnetParams(list: ResnetParams[]): ResnetParams {
   checkSameArchitecture(list);
-  const out = cloneResnetParams(list[0] as ResnetParams);
-  const targets = resnetParamArrays(out);
-  const sources = list.map(resnetParamArrays);
-  targets.forEach((target, a) => {
-    const acc = new Float64Array(target.length);
-    for (const s of sources) {
-      const src = s[a] as Float32Array;
-      for (let i = 0; i < acc.length; i++) acc[i] = (acc[i] ?? 0) + (src[i] ?? 0);
-    }
-    for (let i = 0; i < acc.length; i++) target[i] = (acc[i] ?? 0) / list.length;
-  });
-  return out;
+  return averageArrays(list, cloneResnetParams, resnetParamArrays);
 }
 
 /** The naive baseline: average the teachers as they are (channel i with channel i). */
@@ -221,7 +177,5 @@ export function naiveAverageResnet(list: ResnetParams[]): ResnetParams {
  * `recomputeResnetBnStatistics`: averaged running statistics do not describe the averaged network.
  */
 export function alignedAverageResnet(list: ResnetParams[], referenceIndex = 0): ResnetParams {
-  const reference = list[referenceIndex];
-  if (!reference) throw new InputError(`reference index ${referenceIndex} is outside the ${list.length} models`);
-  return averageResnetParams(list.map((p, i) => (i === referenceIndex ? p : alignResnetToReference(reference, p))));
+  return alignedAverageOf(list, referenceIndex, alignResnetToReference, averageResnetParams);
 }

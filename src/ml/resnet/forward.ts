@@ -7,12 +7,13 @@
  * produce the kernels and be differentiated through them (`rowsToResnetTensors`).
  */
 import { InputError } from '../../util/errors';
-import { BN_MOMENTUM } from '../cnn/architecture';
+import type { BnNetwork } from '../cnn/bn-stats';
+import { recomputeRunningStats, runningStatsAfterStep } from '../cnn/bn-stats';
 import type { CnnBatchNormTensors, CnnMode } from '../cnn/forward';
 import type { BatchMoments } from '../cnn/ops';
-import { batchNormEval, batchNormTrain, conv2dSame, pool2x2, unbiasedVariance } from '../cnn/ops';
+import { batchNormEval, batchNormTrain, conv2dSame, pool2x2 } from '../cnn/ops';
 import type { Dataset } from '../data';
-import { featureSize } from '../data';
+import { checkImageFeatures, mapChunks, withTensors } from '../evaluate';
 import { accuracyOfScores } from '../mlp';
 import { tf } from '../tf';
 import type { ResnetConv, ResnetParams } from './architecture';
@@ -156,46 +157,19 @@ export function updatedResnetRunningStats(t: ResnetTensors, moments: BatchMoment
   return resnetConvTensors(t).map((conv, i) => {
     const m = moments[i];
     if (!m) throw new Error(`updatedResnetRunningStats: moments of conv ${i} missing (train mode only)`);
-    return {
-      runningMean: tf.add(tf.mul(conv.bn.runningMean, 1 - BN_MOMENTUM), tf.mul(m.mean, BN_MOMENTUM)) as tf.Tensor1D,
-      runningVar: tf.add(tf.mul(conv.bn.runningVar, 1 - BN_MOMENTUM), tf.mul(unbiasedVariance(m), BN_MOMENTUM)) as tf.Tensor1D,
-    };
+    return runningStatsAfterStep(conv.bn, m);
   });
-}
-
-function checkFeatures(t: ResnetTensors, ds: Dataset): void {
-  const [h, w, c] = t.inputShape;
-  if (ds.n > 0 && featureSize(ds) !== h * w * c) {
-    throw new InputError(`data has ${featureSize(ds)} features per example but the model takes ${h}×${w}×${c} = ${h * w * c}`);
-  }
 }
 
 /** Eval-mode logits of already-uploaded parameters over `ds` in chunks, n × classes. */
 export async function resnetLogitsOfTensors(t: ResnetTensors, ds: Dataset): Promise<Float32Array> {
-  checkFeatures(t, ds);
-  const d = featureSize(ds);
-  const classes = t.head.b.shape[0] ?? 0;
-  const out = new Float32Array(ds.n * classes);
-  for (let start = 0; start < ds.n; start += EVAL_CHUNK) {
-    const rows = Math.min(EVAL_CHUNK, ds.n - start);
-    const result = tf.tidy(() => resnetLogits(t, tf.tensor2d(ds.x.subarray(start * d, (start + rows) * d), [rows, d]), 'eval'));
-    try {
-      out.set(await result.data(), start * classes);
-    } finally {
-      result.dispose();
-    }
-  }
-  return out;
+  checkImageFeatures(t.inputShape, ds);
+  return mapChunks(ds, EVAL_CHUNK, t.head.b.shape[0] ?? 0, (x) => resnetLogits(t, x, 'eval'));
 }
 
 /** Eval-mode logits, n × classes, on whatever backend is active. */
 export async function predictResnetLogits(params: ResnetParams, ds: Dataset): Promise<Float32Array> {
-  const t = resnetParamsToTensors(params);
-  try {
-    return await resnetLogitsOfTensors(t, ds);
-  } finally {
-    disposeResnetTensors(t);
-  }
+  return withTensors(resnetParamsToTensors(params), disposeResnetTensors, (t) => resnetLogitsOfTensors(t, ds));
 }
 
 /** Top-1 accuracy (eval mode) on `ds`. */
@@ -208,52 +182,21 @@ export async function resnetAccuracyOfTensors(t: ResnetTensors, ds: Dataset): Pr
   return accuracyOfScores(await resnetLogitsOfTensors(t, ds), ds.y);
 }
 
+/** The ResNet as BN re-estimation sees it: every conv (all have BN) in `resnetConvs` order. */
+const RESNET_BN: BnNetwork<ResnetParams, ResnetTensors> = {
+  clone: cloneResnetParams,
+  bnLayers: resnetConvs,
+  toTensors: resnetParamsToTensors,
+  dispose: disposeResnetTensors,
+  inputShape: (p) => p.inputShape,
+  trainMoments: (t, x) => resnetForward(t, x, 'train').batchMoments,
+};
+
 /**
- * Running statistics re-estimated from `data`, everything else unchanged: train-mode forward passes over
- * consecutive chunks of `batchSize` examples (no gradient steps), each BN's running mean and unbiased
- * variance set to the chunk-size-weighted average of the chunks' batch moments (PyTorch's `update_bn`,
- * as `recomputeBnStatistics` does for CNNs). Needed after averaging: the mean of teachers' running
- * statistics is not the statistics of the averaged net.
+ * Running statistics re-estimated from `data` in chunks of `batchSize`, everything else unchanged
+ * (PyTorch's `update_bn`, as `recomputeBnStatistics` does for CNNs; see `recomputeRunningStats`). Needed
+ * after averaging: the mean of teachers' running statistics is not the statistics of the averaged net.
  */
-export async function recomputeResnetBnStatistics(params: ResnetParams, data: Dataset, batchSize: number): Promise<ResnetParams> {
-  if (!Number.isInteger(batchSize) || batchSize < 2) throw new InputError(`batchSize must be an integer ≥ 2 (batch statistics), got ${batchSize}`);
-  if (data.n < 1) throw new InputError('recomputing BN statistics needs data');
-  const out = cloneResnetParams(params);
-  const targets = resnetConvs(out);
-  const t = resnetParamsToTensors(params);
-  try {
-    checkFeatures(t, data);
-    const d = featureSize(data);
-    const sums = targets.map((c) => ({ mean: new Float64Array(c.outChannels), var: new Float64Array(c.outChannels) }));
-    for (let start = 0; start < data.n; start += batchSize) {
-      const rows = Math.min(batchSize, data.n - start);
-      const stats = tf.tidy(() => {
-        const { batchMoments } = resnetForward(t, tf.tensor2d(data.x.subarray(start * d, (start + rows) * d), [rows, d]), 'train');
-        return batchMoments.map((m) => [m.mean, unbiasedVariance(m)] as const);
-      });
-      try {
-        for (const [b, [mean, variance]] of stats.entries()) {
-          const sum = sums[b];
-          if (!sum) continue;
-          const mv = await mean.data();
-          const vv = await variance.data();
-          for (let ch = 0; ch < sum.mean.length; ch++) {
-            sum.mean[ch] = (sum.mean[ch] ?? 0) + rows * (mv[ch] ?? 0);
-            sum.var[ch] = (sum.var[ch] ?? 0) + rows * (vv[ch] ?? 0);
-          }
-        }
-      } finally {
-        tf.dispose(stats.flat());
-      }
-    }
-    targets.forEach((c, b) => {
-      const sum = sums[b];
-      if (!sum) return;
-      c.bn.runningMean = Float32Array.from(sum.mean, (s) => s / data.n);
-      c.bn.runningVar = Float32Array.from(sum.var, (s) => s / data.n);
-    });
-    return out;
-  } finally {
-    disposeResnetTensors(t);
-  }
+export function recomputeResnetBnStatistics(params: ResnetParams, data: Dataset, batchSize: number): Promise<ResnetParams> {
+  return recomputeRunningStats(RESNET_BN, params, data, batchSize);
 }

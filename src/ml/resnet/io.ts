@@ -8,13 +8,10 @@
  *
  * Loading validates everything (`validateResnetParams`): the bytes may be someone else's.
  */
-import { createHash } from 'node:crypto';
-import { InputError } from '../../util/errors';
-import { ByteWriter, openContainer, readJsonHeader } from '../bytes';
+import type { ArrayFileFormat } from '../bytes';
+import { readArrayFile, sha256Hex, writeArrayFile } from '../bytes';
 import type { ResnetArchitecture, ResnetParams } from './architecture';
 import { checkResnetArchitecture, initResnet, resnetArchitectureOf, resnetParamArrays, resnetSignature, validateResnetParams } from './architecture';
-
-const FORMAT = { magic: 'WFRN', version: 1, what: 'ResNet parameter file' };
 
 /** Number of float32 values the file of a ResNet with this architecture holds. */
 function floatCount(arch: ResnetArchitecture): number {
@@ -23,34 +20,36 @@ function floatCount(arch: ResnetArchitecture): number {
   return conv(arch.inputShape[2]) + 2 * arch.stages * arch.blocksPerStage * conv(width) + (width + 1) * arch.outputSize;
 }
 
+/** The file format: the architecture as header, arrays in `resnetParamArrays` order. */
+const FORMAT: ArrayFileFormat<ResnetArchitecture, ResnetParams> = {
+  magic: 'WFRN',
+  version: 1,
+  what: 'ResNet parameter file',
+  architectureOf: resnetArchitectureOf,
+  arrays: resnetParamArrays,
+  validate: validateResnetParams,
+  checkArchitecture: checkResnetArchitecture,
+  floatCount,
+  signature: resnetSignature,
+  build: (arch, read) => {
+    // The architecture fixes every array's length; a fresh init supplies the shapes, the file the values.
+    const params = initResnet(arch, 0);
+    for (const a of resnetParamArrays(params)) a.set(read(a.length));
+    return params;
+  },
+};
+
 /** Bytes of `p`; refuses (InputError) invalid or non-finite parameters. */
 export function serializeResnetParams(p: ResnetParams): Uint8Array {
-  validateResnetParams(p);
-  const out = new ByteWriter();
-  out.ascii(FORMAT.magic);
-  out.u32(FORMAT.version);
-  out.utf8(JSON.stringify(resnetArchitectureOf(p)));
-  for (const a of resnetParamArrays(p)) out.f32Array(a);
-  return out.finishWithChecksum();
+  return writeArrayFile(FORMAT, p);
 }
 
 /** Parses and validates a ResNet parameter file; InputError says what is wrong with it. */
 export function deserializeResnetParams(bytes: Uint8Array): ResnetParams {
-  const r = openContainer(bytes, FORMAT);
-  const arch = readJsonHeader<ResnetArchitecture>(r, FORMAT.what);
-  if (typeof arch !== 'object' || arch === null) throw new InputError(`${FORMAT.what}: unreadable header`);
-  checkResnetArchitecture(arch);
-  // Checked before allocating: a damaged header must not ask for gigabytes.
-  if (r.remaining !== 4 * floatCount(arch)) throw new InputError(`${FORMAT.what}: ${r.remaining} bytes of values do not fit ${resnetSignature(arch)}`);
-  // The architecture fixes every array's length; a fresh init supplies the shapes, the file the values.
-  const params = initResnet(arch, 0);
-  for (const a of resnetParamArrays(params)) a.set(r.f32Array(a.length));
-  r.expectEnd();
-  validateResnetParams(params);
-  return params;
+  return readArrayFile(FORMAT, bytes);
 }
 
 /** sha256 (hex) of the parameter file: the content address of a ResNet. */
 export function resnetParamsDigest(p: ResnetParams): string {
-  return createHash('sha256').update(serializeResnetParams(p)).digest('hex');
+  return sha256Hex(serializeResnetParams(p));
 }

@@ -24,8 +24,7 @@
  * within-head permutations are found first (two small assignments: q/k dims, v dims), and the pair's
  * similarity is what they achieve; then the heads are assigned on those scores.
  */
-import { InputError } from '../../util/errors';
-import { maximizeAssignment } from '../align';
+import { alignedAverageOf, averageArrays, checkSameSignature, maximizeAssignment } from '../align';
 import type { MlpLayer } from '../mlp';
 import type { VitBlock, VitParams } from './architecture';
 import { cloneVitParams, vitParamArrays, vitSignature } from './architecture';
@@ -51,13 +50,7 @@ export interface VitAlignOptions {
 }
 
 function checkSameArchitecture(list: VitParams[]): void {
-  const first = list[0];
-  if (!first) throw new InputError('need at least one model');
-  const sig = vitSignature(first);
-  for (const p of list) {
-    const other = vitSignature(p);
-    if (other !== sig) throw new InputError(`models differ in architecture: ${sig} vs ${other}`);
-  }
+  checkSameSignature(list, vitSignature);
 }
 
 const identity = (n: number): Int32Array => Int32Array.from({ length: n }, (_, i) => i);
@@ -229,18 +222,7 @@ export function alignVitToReference(reference: VitParams, teacher: VitParams, op
 /** Element-wise mean of every array (accumulated in float64). */
 export function averageVitParams(list: VitParams[]): VitParams {
   checkSameArchitecture(list);
-  const out = cloneVitParams(list[0] as VitParams);
-  const targets = vitParamArrays(out);
-  const sources = list.map(vitParamArrays);
-  targets.forEach((target, a) => {
-    const acc = new Float64Array(target.length);
-    for (const s of sources) {
-      const src = s[a] as Float32Array;
-      for (let i = 0; i < acc.length; i++) acc[i] = (acc[i] ?? 0) + (src[i] ?? 0);
-    }
-    for (let i = 0; i < acc.length; i++) target[i] = (acc[i] ?? 0) / list.length;
-  });
-  return out;
+  return averageArrays(list, cloneVitParams, vitParamArrays);
 }
 
 /** The naive baseline: average the teachers as they are (head i with head i, unit i with unit i). */
@@ -250,7 +232,5 @@ export function naiveAverageVit(list: VitParams[]): VitParams {
 
 /** Aligns every teacher to `list[referenceIndex]`, then averages. */
 export function alignedAverageVit(list: VitParams[], referenceIndex = 0, options: VitAlignOptions = {}): VitParams {
-  const reference = list[referenceIndex];
-  if (!reference) throw new InputError(`reference index ${referenceIndex} is outside the ${list.length} models`);
-  return averageVitParams(list.map((p, i) => (i === referenceIndex ? p : alignVitToReference(reference, p, options))));
+  return alignedAverageOf(list, referenceIndex, (reference, p) => alignVitToReference(reference, p, options), averageVitParams);
 }

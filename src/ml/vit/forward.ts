@@ -10,7 +10,7 @@
  */
 import { InputError } from '../../util/errors';
 import type { Dataset } from '../data';
-import { featureSize } from '../data';
+import { checkImageFeatures, mapChunks, withTensors } from '../evaluate';
 import { accuracyOfScores } from '../mlp';
 import { tf } from '../tf';
 import type { VitArchitecture, VitParams } from './architecture';
@@ -176,39 +176,15 @@ export function vitLogits(t: VitTensors, x: tf.Tensor4D | tf.Tensor2D): tf.Tenso
   return linear(pooled, t.head);
 }
 
-function checkFeatures(t: VitTensors, ds: Dataset): void {
-  const [h, w, c] = t.inputShape;
-  if (ds.n > 0 && featureSize(ds) !== h * w * c) {
-    throw new InputError(`data has ${featureSize(ds)} features per example but the model takes ${h}×${w}×${c} = ${h * w * c}`);
-  }
-}
-
 /** Logits of already-uploaded parameters over `ds` in chunks, n × classes. */
 export async function vitLogitsOfTensors(t: VitTensors, ds: Dataset): Promise<Float32Array> {
-  checkFeatures(t, ds);
-  const d = featureSize(ds);
-  const classes = t.head.b.shape[0] ?? 0;
-  const out = new Float32Array(ds.n * classes);
-  for (let start = 0; start < ds.n; start += EVAL_CHUNK) {
-    const rows = Math.min(EVAL_CHUNK, ds.n - start);
-    const result = tf.tidy(() => vitLogits(t, tf.tensor2d(ds.x.subarray(start * d, (start + rows) * d), [rows, d])));
-    try {
-      out.set(await result.data(), start * classes);
-    } finally {
-      result.dispose();
-    }
-  }
-  return out;
+  checkImageFeatures(t.inputShape, ds);
+  return mapChunks(ds, EVAL_CHUNK, t.head.b.shape[0] ?? 0, (x) => vitLogits(t, x));
 }
 
 /** Logits, n × classes, on whatever backend is active. */
 export async function predictVitLogits(params: VitParams, ds: Dataset): Promise<Float32Array> {
-  const t = vitParamsToTensors(params);
-  try {
-    return await vitLogitsOfTensors(t, ds);
-  } finally {
-    disposeVitTensors(t);
-  }
+  return withTensors(vitParamsToTensors(params), disposeVitTensors, (t) => vitLogitsOfTensors(t, ds));
 }
 
 /** Top-1 accuracy on `ds`. */
