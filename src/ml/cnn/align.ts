@@ -12,6 +12,7 @@ import { alignedAverageOf, averageArrays, checkSameSignature, coordinateAscent, 
 import type { CnnParams } from './architecture';
 import { cloneCnnParams, cnnSignature } from './architecture';
 import { cnnParamArrays } from './io';
+import { at, permuteConvInto, pushOutgoingSlice, pushReadingSlice } from './permute';
 
 /** One permutation per permutable layer: each conv block, then each hidden dense layer. `perm[i]` is the old index of new unit i. */
 export type CnnPermutations = Int32Array[];
@@ -60,8 +61,6 @@ function denseInputPerm(p: CnnParams, perms: CnnPermutations, d: number): Int32A
   return rows;
 }
 
-const at = (perm: Int32Array | undefined, i: number): number => (perm ? (perm[i] ?? 0) : i);
-
 /**
  * Each unit's signature in layer g of `p` as rows of an units × features matrix, with `p`'s neighbouring
  * layers read through `perms` (identity for the reference), so reference and teacher features line up.
@@ -71,14 +70,7 @@ function unitFeatures(p: CnnParams, perms: CnnPermutations, g: number): { featur
   const rows: number[][] = Array.from({ length: units }, () => []);
   const conv = p.convs[g];
   if (conv) {
-    const inPerm = g > 0 ? perms[g - 1] : undefined;
-    const taps = conv.kernelSize * conv.kernelSize;
-    const { inChannels: cin, outChannels: cout } = conv;
-    rows.forEach((row, u) => {
-      for (let t = 0; t < taps; t++) for (let ci = 0; ci < cin; ci++) row.push(conv.kernel[(t * cin + at(inPerm, ci)) * cout + u] ?? 0);
-      row.push(conv.bias[u] ?? 0);
-      if (conv.bn) row.push(conv.bn.gamma[u] ?? 0, conv.bn.beta[u] ?? 0, conv.bn.runningMean[u] ?? 0, conv.bn.runningVar[u] ?? 0);
-    });
+    pushOutgoingSlice(rows, conv, g > 0 ? perms[g - 1] : undefined);
   } else {
     const d = g - p.convs.length;
     const layer = p.dense[d];
@@ -93,11 +85,7 @@ function unitFeatures(p: CnnParams, perms: CnnPermutations, g: number): { featur
   const nextPerm = outputPerm(perms, g + 1);
   const nextConv = p.convs[g + 1];
   if (nextConv) {
-    const taps = nextConv.kernelSize * nextConv.kernelSize;
-    const { inChannels: cin, outChannels: cout } = nextConv;
-    rows.forEach((row, u) => {
-      for (let t = 0; t < taps; t++) for (let co = 0; co < cout; co++) row.push(nextConv.kernel[(t * cin + u) * cout + at(nextPerm, co)] ?? 0);
-    });
+    pushReadingSlice(rows, nextConv, nextPerm);
   } else {
     const d = g + 1 - p.convs.length;
     const next = p.dense[d];
@@ -134,27 +122,8 @@ export function permuteCnnUnits(p: CnnParams, perms: CnnPermutations): CnnParams
   });
   const out = cloneCnnParams(p);
   p.convs.forEach((c, b) => {
-    const outPerm = perms[b];
-    const inPerm = b > 0 ? perms[b - 1] : undefined;
     const target = out.convs[b];
-    if (!target) return;
-    const taps = c.kernelSize * c.kernelSize;
-    const { inChannels: cin, outChannels: cout } = c;
-    for (let t = 0; t < taps; t++) {
-      for (let ci = 0; ci < cin; ci++) {
-        for (let co = 0; co < cout; co++) target.kernel[(t * cin + ci) * cout + co] = c.kernel[(t * cin + at(inPerm, ci)) * cout + at(outPerm, co)] ?? 0;
-      }
-    }
-    for (let co = 0; co < cout; co++) {
-      const old = at(outPerm, co);
-      target.bias[co] = c.bias[old] ?? 0;
-      if (c.bn && target.bn) {
-        target.bn.gamma[co] = c.bn.gamma[old] ?? 0;
-        target.bn.beta[co] = c.bn.beta[old] ?? 0;
-        target.bn.runningMean[co] = c.bn.runningMean[old] ?? 0;
-        target.bn.runningVar[co] = c.bn.runningVar[old] ?? 0;
-      }
-    }
+    if (target) permuteConvInto(target, c, b > 0 ? perms[b - 1] : undefined, perms[b]);
   });
   p.dense.forEach((l, d) => {
     const inPerm = denseInputPerm(p, perms, d);

@@ -4,7 +4,6 @@
  * Functional (no tfjs-layers model) for the same reason as `mlpLogits`: a generator network can produce
  * the kernels, and `tf.grads` then differentiates the student's loss into the generator.
  */
-import { InputError } from '../../util/errors';
 import type { Dataset } from '../data';
 import { checkImageFeatures, mapChunks, withTensors } from '../evaluate';
 import { accuracyOfScores } from '../mlp';
@@ -14,7 +13,7 @@ import { cloneCnnParams } from './architecture';
 import type { BnNetwork } from './bn-stats';
 import { recomputeRunningStats, runningStatsAfterStep } from './bn-stats';
 import type { BatchMoments } from './ops';
-import { batchNormEval, batchNormTrain, conv2dSame, pool2x2 } from './ops';
+import { asNhwc, batchNormEval, batchNormTrain, conv2dSame, pool2x2 } from './ops';
 
 export type CnnMode = 'train' | 'eval';
 
@@ -104,11 +103,7 @@ export function disposeCnnTensors(t: CnnTensors): void {
  * dataset rows (n × h·w·c) that are reshaped to it. Purely functional in the tensors of `t`.
  */
 export function cnnForward(t: CnnTensors, x: tf.Tensor4D | tf.Tensor2D, mode: CnnMode): CnnForwardResult {
-  const [h, w, c] = t.inputShape;
-  let a: tf.Tensor4D = x.rank === 4 ? (x as tf.Tensor4D) : tf.reshape(x, [x.shape[0] ?? 0, h, w, c]);
-  if (a.shape[1] !== h || a.shape[2] !== w || a.shape[3] !== c) {
-    throw new InputError(`input is ${a.shape.slice(1).join('×')} per example but the model takes ${h}×${w}×${c}`);
-  }
+  let a = asNhwc(x, t.inputShape);
   const batchMoments: Array<BatchMoments | undefined> = [];
   for (const block of t.convs) {
     let z = tf.add(conv2dSame(a, block.kernel), block.bias) as tf.Tensor4D;

@@ -25,6 +25,7 @@
  * Pooling likewise runs the MaxPool/AvgPool kernels forward and their MaxPoolGrad/AvgPoolGrad kernels
  * (present on cpu and wasm) backward.
  */
+import { InputError } from '../../util/errors';
 import { tf } from '../tf';
 import { BN_EPSILON } from './architecture';
 import type { CnnPool } from './architecture';
@@ -72,6 +73,16 @@ const conv2dSameWithGrad = tf.customGrad(((x: Tensor, kernel: Tensor, save: tf.G
  * Stride-1 'same' convolution of NHWC `x` with a `[k, k, cin, cout]` kernel (k odd), differentiable with
  * respect to both on cpu and wasm.
  */
+/** `x` as NHWC images of `inputShape`: NHWC as given, or dataset rows (n × h·w·c) reshaped; InputError on another shape. */
+export function asNhwc(x: tf.Tensor4D | tf.Tensor2D, inputShape: [number, number, number]): tf.Tensor4D {
+  const [h, w, c] = inputShape;
+  const a: tf.Tensor4D = x.rank === 4 ? (x as tf.Tensor4D) : tf.reshape(x, [x.shape[0] ?? 0, h, w, c]);
+  if (a.shape[1] !== h || a.shape[2] !== w || a.shape[3] !== c) {
+    throw new InputError(`input is ${a.shape.slice(1).join('×')} per example but the model takes ${h}×${w}×${c}`);
+  }
+  return a;
+}
+
 export function conv2dSame(x: tf.Tensor4D, kernel: tf.Tensor4D): tf.Tensor4D {
   return conv2dSameWithGrad(x, kernel) as tf.Tensor4D;
 }

@@ -41,23 +41,32 @@
  * first, non-float32 or quantized weights, missing, repeated or unused weights, wrong shapes, a byte
  * length that is not exact, non-finite values, and an architecture other than `expected`.
  */
-import { promises as fs } from 'node:fs';
-import * as path from 'node:path';
-import { writeFileAtomic } from '../../store/store';
 import { InputError } from '../../util/errors';
-import { ByteReader } from '../bytes';
 import type { CnnArchitecture, CnnBatchNorm, CnnConvBlock, CnnParams, CnnPool } from '../cnn/architecture';
 import { BN_EPSILON, BN_MOMENTUM, checkCnnArchitecture, checkCnnParamsMatch, validateCnnParams } from '../cnn/architecture';
 import type { MlpLayer } from '../mlp';
-import type { TfjsWeightEntry } from '../tfjs-format';
-import { TFJS_LAYERS_FORMAT, TFJS_LAYERS_VERSION, TFJS_MODEL_JSON, TFJS_WEIGHTS_BIN } from '../tfjs-format';
+import type { Json, TfjsLayersModelJson, TfjsWeightEntry } from '../tfjs-layers';
+import {
+  checkFloat32Dtype,
+  denseLayerConfig,
+  GLOROT_NORMAL,
+  isObject,
+  manifestWeights,
+  MAX_TFJS_SIZE,
+  openLayersModel,
+  readModelDir,
+  sequentialLayers,
+  sequentialModel,
+  show,
+  writeModelDir,
+  ZEROS,
+} from '../tfjs-layers';
 
 /** Fixed (no versions, dates or hosts), so equal parameters always give equal bytes. */
 const GENERATED_BY = 'weightformer-pipelines trainCnn (TensorFlow.js tfjs-core)';
 const CONVERTED_BY = 'weightformer-pipelines toTfjsCnnModel v1';
 const WHAT = 'TF.js CNN model';
-/** Sanity bounds: anything larger is damage, not a model we could run. */
-const MAX_SIZE = 1 << 24;
+/** Sanity bound: anything larger is damage, not a model we could run. */
 const MAX_LAYERS = 1024;
 
 export interface TfjsLayerJson {
@@ -66,18 +75,7 @@ export interface TfjsLayerJson {
 }
 
 /** The content of `model.json` as written here (a subset of tfjs-core's `io.ModelJSON`). */
-export interface TfjsCnnModelJson {
-  modelTopology: {
-    class_name: 'Sequential';
-    config: { name: string; layers: TfjsLayerJson[] };
-    keras_version: string;
-    backend: string;
-  };
-  weightsManifest: Array<{ paths: string[]; weights: TfjsWeightEntry[] }>;
-  format: typeof TFJS_LAYERS_FORMAT;
-  generatedBy: string;
-  convertedBy: string | null;
-}
+export type TfjsCnnModelJson = TfjsLayersModelJson<TfjsLayerJson>;
 
 export interface TfjsCnnModel {
   modelJson: TfjsCnnModelJson;
@@ -86,8 +84,6 @@ export interface TfjsCnnModel {
 
 // ------------------------------------------------------------------------------------------ writing
 
-const GLOROT_NORMAL = { class_name: 'VarianceScaling', config: { scale: 1, mode: 'fan_avg', distribution: 'normal', seed: null } };
-const ZEROS = { class_name: 'Zeros', config: {} };
 const ONES = { class_name: 'Ones', config: {} };
 
 /** Conv2D.getConfig's keys in tfjs-layers' order (Conv2D, BaseConv, then Layer). */
@@ -143,29 +139,6 @@ function poolLayer(n: number, pool: CnnPool): TfjsLayerJson {
   return { class_name: className, config: { pool_size: [2, 2], padding: 'valid', strides: [2, 2], data_format: 'channels_last', name, trainable: true } };
 }
 
-function denseConfig(j: number, units: number, activation: string): Record<string, unknown> {
-  return {
-    units,
-    activation,
-    use_bias: true,
-    kernel_initializer: GLOROT_NORMAL,
-    bias_initializer: ZEROS,
-    kernel_regularizer: null,
-    bias_regularizer: null,
-    activity_regularizer: null,
-    kernel_constraint: null,
-    bias_constraint: null,
-    name: `dense_Dense${j}`,
-    trainable: true,
-  };
-}
-
-function littleEndianF32(values: Float32Array): Buffer {
-  const out = Buffer.alloc(values.length * 4);
-  for (let i = 0; i < values.length; i++) out.writeFloatLE(values[i] ?? 0, i * 4);
-  return out;
-}
-
 /**
  * `p` as a TF.js layers model (the module comment's layout): the `model.json` object and the
  * `weights.bin` bytes. Refuses (InputError) what `validateCnnParams` refuses, non-finite values included.
@@ -198,47 +171,22 @@ export function toTfjsCnnModel(p: CnnParams): TfjsCnnModel {
   });
   layers.push({ class_name: 'Flatten', config: { name: 'flatten_Flatten1', trainable: true } });
   p.dense.forEach((l, i) => {
-    const config = denseConfig(i + 1, l.outSize, i + 1 === p.dense.length ? 'linear' : 'relu');
+    const config = denseLayerConfig(`dense_Dense${i + 1}`, l.outSize, i + 1 === p.dense.length ? 'linear' : 'relu');
     layers.push({ class_name: 'Dense', config });
     trainable.push(entry(`${config.name as string}/kernel`, l.w, [l.inSize, l.outSize]));
     trainable.push(entry(`${config.name as string}/bias`, l.b, [l.outSize]));
   });
-  const all = [...trainable, ...statistics];
-  const modelJson: TfjsCnnModelJson = {
-    modelTopology: {
-      class_name: 'Sequential',
-      config: { name: 'sequential_1', layers },
-      keras_version: `tfjs-layers ${TFJS_LAYERS_VERSION}`,
-      backend: 'tensor_flow.js',
-    },
-    weightsManifest: [{ paths: [TFJS_WEIGHTS_BIN], weights: all.map(([e]) => e) }],
-    format: TFJS_LAYERS_FORMAT,
-    generatedBy: GENERATED_BY,
-    convertedBy: CONVERTED_BY,
-  };
-  return { modelJson, weightsBin: new Uint8Array(Buffer.concat(all.map(([, v]) => littleEndianF32(v)))) };
+  return sequentialModel(layers, [...trainable, ...statistics], GENERATED_BY, CONVERTED_BY);
 }
 
 // ------------------------------------------------------------------------------------------ reading
-
-type Json = Record<string, unknown>;
-
-function isObject(v: unknown): v is Json {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 function fail(message: string): never {
   throw new InputError(`${WHAT}: ${message}`);
 }
 
-function show(v: unknown): string {
-  if (v === undefined) return 'missing';
-  const s = JSON.stringify(v) ?? String(v);
-  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
-}
-
 function isSize(v: unknown): v is number {
-  return typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= MAX_SIZE;
+  return typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= MAX_TFJS_SIZE;
 }
 
 /** `[a, a]` or a bare `a` (Keras accepts both) equal to `want`. */
@@ -254,14 +202,6 @@ function imageShapeOf(config: Json, where: string): [number, number, number] | u
     fail(`${where} has input shape ${show(shape)}; expected [null, height, width, channels]`);
   }
   return [shape[1] as number, shape[2] as number, shape[3] as number];
-}
-
-function checkDtype(config: Json, where: string): void {
-  const dtype = config.dtype;
-  if (dtype === undefined || dtype === null || dtype === 'float32') return;
-  // Keras 3 writes a DTypePolicy object.
-  if (isObject(dtype) && isObject(dtype.config) && (dtype.config.name === 'float32' || dtype.config.name === undefined)) return;
-  fail(`${where} has dtype ${show(dtype)}; only float32 is supported`);
 }
 
 function checkChannelsLast(config: Json, where: string): void {
@@ -297,17 +237,7 @@ function layerName(config: Json, where: string): string {
 
 /** The layer list as a sequence of blocks, Flatten, Dense layers (the module comment's grammar). */
 function parseTopology(modelJson: Json): Topology {
-  let topology = modelJson.modelTopology;
-  if (!isObject(topology)) fail(`modelTopology is ${show(topology)}; expected a keras model object`);
-  if (topology.model_config !== undefined) {
-    // The Python converter wraps the keras config as { keras_version, backend, model_config }.
-    topology = topology.model_config;
-    if (!isObject(topology)) fail('modelTopology.model_config is not an object');
-  }
-  if (topology.class_name !== 'Sequential') fail(`the model is a ${show(topology.class_name)}; only a Sequential model is supported`);
-  const config = topology.config;
-  const raw: unknown = Array.isArray(config) ? config : isObject(config) ? config.layers : undefined;
-  if (!Array.isArray(raw)) fail('modelTopology.config.layers is not a list');
+  const raw = sequentialLayers(WHAT, modelJson, 'only a Sequential model is supported');
   if (raw.length > MAX_LAYERS) fail(`the model has ${raw.length} layers`);
   const layers = raw.map((layer: unknown, i: number) => {
     if (!isObject(layer) || typeof layer.class_name !== 'string' || !isObject(layer.config)) fail(`layer ${i} is not a {class_name, config} object`);
@@ -319,7 +249,7 @@ function parseTopology(modelJson: Json): Topology {
   const peek = (): (typeof layers)[number] | undefined => layers[i];
   const first = peek();
   if (first?.cls === 'InputLayer') {
-    checkDtype(first.config, first.where);
+    checkFloat32Dtype(WHAT, first.config, first.where);
     const shape = imageShapeOf(first.config, first.where);
     if (!shape) fail(`${first.where} has no batch_input_shape`);
     out.inputShape = shape;
@@ -332,7 +262,7 @@ function parseTopology(modelJson: Json): Topology {
     const { config: c, where } = peek() as (typeof layers)[number];
     i++;
     const name = layerName(c, where);
-    checkDtype(c, where);
+    checkFloat32Dtype(WHAT, c, where);
     checkChannelsLast(c, where);
     const own = imageShapeOf(c, where);
     if (own && out.convs.length > 0) fail(`${where} declares an input shape but is not the first layer`);
@@ -358,7 +288,7 @@ function parseTopology(modelJson: Json): Topology {
         if (axis !== -1 && axis !== 3) fail(`${next.where} normalises axis ${show(bc.axis)}; only the channel axis (-1) is supported`);
         const epsilon = bc.epsilon ?? 1e-3;
         if (typeof epsilon !== 'number' || !(epsilon > 0) || !Number.isFinite(epsilon)) fail(`${next.where} has epsilon ${show(bc.epsilon)}`);
-        checkDtype(bc, next.where);
+        checkFloat32Dtype(WHAT, bc, next.where);
         spec.bn = { name: bnName, epsilon, center: bc.center !== false, scale: bc.scale !== false };
       }
       if (!isRelu(peek())) fail(`${peek()?.where ?? 'the end of the model'} follows ${spec.bn ? 'BatchNormalization' : 'a linear Conv2D'} ${show(spec.bn?.name ?? name)}; expected a relu Activation or ReLU layer`);
@@ -388,7 +318,7 @@ function parseTopology(modelJson: Json): Topology {
     if (cls !== 'Dense') fail(`${where} is not Dense; after Flatten only Dense layers are supported`);
     if (!isSize(c.units)) fail(`${where} has units ${show(c.units)}`);
     if (c.use_bias === false) fail(`${where} has use_bias false; only Dense layers with a bias are supported`);
-    checkDtype(c, where);
+    checkFloat32Dtype(WHAT, c, where);
     out.dense.push({ name: layerName(c, where), units: c.units, activation: typeof c.activation === 'string' ? c.activation : 'linear' });
   }
   if (out.dense.length === 0) fail('the model has no Dense layers after Flatten');
@@ -398,43 +328,6 @@ function parseTopology(modelJson: Json): Topology {
     if (last && d.activation !== 'linear' && d.activation !== 'softmax') fail(`the output layer ${d.name} has activation ${d.activation}; expected linear or softmax`);
   });
   return out;
-}
-
-interface ManifestEntry {
-  name: string;
-  shape: number[];
-  offset: number;
-  count: number;
-  skip: boolean;
-}
-
-function parseManifest(modelJson: Json): { entries: Map<string, ManifestEntry>; totalBytes: number } {
-  const manifest = modelJson.weightsManifest;
-  if (!Array.isArray(manifest) || manifest.length === 0) fail(`weightsManifest is ${show(manifest)}; expected a list of weight groups`);
-  const entries = new Map<string, ManifestEntry>();
-  let offset = 0;
-  manifest.forEach((group: unknown, g: number) => {
-    if (!isObject(group)) fail(`weightsManifest[${g}] is not an object`);
-    const paths = group.paths;
-    if (!Array.isArray(paths) || paths.length === 0 || !paths.every((p) => typeof p === 'string' && p !== '')) {
-      fail(`weightsManifest[${g}].paths is ${show(paths)}; expected a non-empty list of file names`);
-    }
-    if (!Array.isArray(group.weights)) fail(`weightsManifest[${g}].weights is not a list`);
-    group.weights.forEach((w: unknown, k: number) => {
-      const where = `weightsManifest[${g}].weights[${k}]`;
-      if (!isObject(w) || typeof w.name !== 'string' || w.name === '') fail(`${where} has no name`);
-      const shape = w.shape;
-      if (!Array.isArray(shape) || !shape.every((d) => typeof d === 'number' && Number.isInteger(d) && d >= 0 && d <= MAX_SIZE)) fail(`weight ${w.name} has shape ${show(shape)}`);
-      if (w.quantization !== undefined && w.quantization !== null) fail(`weight ${w.name} is quantized; only plain float32 weights are supported`);
-      if (w.dtype !== 'float32') fail(`weight ${w.name} has dtype ${show(w.dtype)}; only float32 is supported`);
-      const count = (shape as number[]).reduce((n, d) => n * d, 1);
-      if (count > MAX_SIZE * 64) fail(`weight ${w.name} has ${count} values`);
-      if (entries.has(w.name)) fail(`the manifest lists weight ${w.name} twice`);
-      entries.set(w.name, { name: w.name, shape: shape as number[], offset, count, skip: w.group === 'optimizer' });
-      offset += count * 4;
-    });
-  });
-  return { entries, totalBytes: offset };
 }
 
 /**
@@ -447,36 +340,10 @@ function parseManifest(modelJson: Json): { entries: Map<string, ManifestEntry>; 
  */
 export function fromTfjsCnnModel(modelJson: unknown, weightsBin: Uint8Array, expected?: CnnArchitecture): CnnParams {
   if (expected) checkCnnArchitecture(expected);
-  let json: unknown = modelJson;
-  if (typeof json === 'string') {
-    try {
-      json = JSON.parse(json) as unknown;
-    } catch {
-      fail('model.json is not valid JSON');
-    }
-  }
-  if (!isObject(json)) fail(`model.json is ${show(json)}; expected an object`);
-  if (json.format !== TFJS_LAYERS_FORMAT) fail(`format is ${show(json.format)}; expected "${TFJS_LAYERS_FORMAT}"`);
-  if (!(weightsBin instanceof Uint8Array)) fail('the weights are not bytes');
+  const json = openLayersModel(WHAT, modelJson, weightsBin);
   const topology = parseTopology(json);
-  const { entries, totalBytes } = parseManifest(json);
-  if (weightsBin.length !== totalBytes) fail(`weights.bin has ${weightsBin.length} bytes but the manifest describes ${totalBytes} (${totalBytes / 4} float32 values)`);
-
-  const used = new Set<string>();
-  const take = (name: string, shape: number[]): Float32Array => {
-    const e = entries.get(name);
-    if (!e) fail(`weight ${name} is missing from the manifest`);
-    if (e.skip) fail(`weight ${name} is in the optimizer group`);
-    if (e.shape.length !== shape.length || e.shape.some((d, k) => d !== shape[k])) {
-      fail(`weight ${name} has shape [${e.shape.join(', ')}] but the layers need [${shape.join(', ')}]`);
-    }
-    used.add(name);
-    const values = new ByteReader(weightsBin.subarray(e.offset, e.offset + e.count * 4), WHAT).f32Array(e.count);
-    for (let k = 0; k < values.length; k++) {
-      if (!Number.isFinite(values[k])) fail(`non-finite value ${values[k]} in ${name} at index ${k}`);
-    }
-    return values;
-  };
+  const weights = manifestWeights(WHAT, json, weightsBin);
+  const { take } = weights;
 
   const inputShape = topology.inputShape ?? expected?.inputShape;
   if (!inputShape) fail('the input shape is neither declared (batch_input_shape on the first layer or an InputLayer) nor given by the architecture');
@@ -525,8 +392,7 @@ export function fromTfjsCnnModel(modelJson: unknown, weightsBin: Uint8Array, exp
     inSize = d.units;
     return layer;
   });
-  const unused = [...entries.values()].filter((e) => !e.skip && !used.has(e.name)).map((e) => e.name);
-  if (unused.length > 0) fail(`weights ${unused.join(', ')} belong to no layer`);
+  weights.finish();
 
   const params: CnnParams = { family: 'cnn', inputShape: [inputShape[0], inputShape[1], inputShape[2]], pool: topology.pool, convs, dense };
   validateCnnParams(params);
@@ -543,12 +409,7 @@ export function fromTfjsCnnModel(modelJson: unknown, weightsBin: Uint8Array, exp
  */
 export async function writeTfjsCnnModelDir(dir: string, p: CnnParams): Promise<{ modelJsonPath: string; weightsBinPath: string }> {
   const { modelJson, weightsBin } = toTfjsCnnModel(p);
-  await fs.mkdir(dir, { recursive: true });
-  const weightsBinPath = path.join(dir, TFJS_WEIGHTS_BIN);
-  const modelJsonPath = path.join(dir, TFJS_MODEL_JSON);
-  await writeFileAtomic(weightsBinPath, weightsBin);
-  await writeFileAtomic(modelJsonPath, Buffer.from(JSON.stringify(modelJson), 'utf8'));
-  return { modelJsonPath, weightsBinPath };
+  return writeModelDir(dir, modelJson, weightsBin);
 }
 
 /**
@@ -557,30 +418,6 @@ export async function writeTfjsCnnModelDir(dir: string, p: CnnParams): Promise<{
  * the model's directory.
  */
 export async function readTfjsCnnModelDir(dirOrModelJson: string, expected?: CnnArchitecture): Promise<CnnParams> {
-  const modelJsonPath = dirOrModelJson.endsWith('.json') ? dirOrModelJson : path.join(dirOrModelJson, TFJS_MODEL_JSON);
-  const dir = path.dirname(modelJsonPath);
-  let json: unknown;
-  try {
-    json = JSON.parse(await fs.readFile(modelJsonPath, 'utf8')) as unknown;
-  } catch (err) {
-    throw new InputError(err instanceof SyntaxError ? `${modelJsonPath} is not valid JSON` : `cannot read ${modelJsonPath}: ${(err as Error).message}`);
-  }
-  const manifest = isObject(json) ? json.weightsManifest : undefined;
-  if (!Array.isArray(manifest)) throw new InputError(`${modelJsonPath}: weightsManifest is not a list`);
-  const chunks: Buffer[] = [];
-  for (const group of manifest) {
-    const paths: unknown = isObject(group) ? group.paths : undefined;
-    if (!Array.isArray(paths)) throw new InputError(`${modelJsonPath}: a weight group has no paths`);
-    for (const rel of paths) {
-      if (typeof rel !== 'string' || path.isAbsolute(rel)) throw new InputError(`${modelJsonPath}: weight path ${show(rel)} is not relative`);
-      const file = path.resolve(dir, rel);
-      if (path.relative(dir, file).startsWith('..')) throw new InputError(`${modelJsonPath}: weight path ${rel} leaves the model directory`);
-      try {
-        chunks.push(await fs.readFile(file));
-      } catch (err) {
-        throw new InputError(`cannot read weight file ${file}: ${(err as Error).message}`);
-      }
-    }
-  }
-  return fromTfjsCnnModel(json, new Uint8Array(Buffer.concat(chunks)), expected);
+  const { modelJson, weightsBin } = await readModelDir(dirOrModelJson);
+  return fromTfjsCnnModel(modelJson, weightsBin, expected);
 }

@@ -60,7 +60,6 @@
  * (`track_running_stats=False`) or a negative running variance, NaN or ±Infinity, and an architecture
  * other than `expected`.
  */
-import { promises as fs } from 'node:fs';
 import { writeFileAtomic } from '../../store/store';
 import { InputError } from '../../util/errors';
 import type { CnnArchitecture, CnnBatchNorm, CnnConvBlock, CnnParams, CnnPool } from '../cnn/architecture';
@@ -68,9 +67,9 @@ import { checkCnnArchitecture, checkCnnParamsMatch, cnnSpatialSizes, validateCnn
 import type { MlpLayer } from '../mlp';
 import type { Float32TensorInput, Safetensors, SafetensorsTensor } from '../safetensors';
 import { FLOAT_DTYPES, parseSafetensors, serializeSafetensors, tensorToFloat32 } from '../safetensors';
-import { ACTIVATION_METADATA_KEY, MAX_SAFETENSORS_TEACHER_BYTES } from './torch-mlp';
+import { ACTIVATION_METADATA_KEY, readSafetensorsFile } from './torch-mlp';
 
-export { ACTIVATION_METADATA_KEY };
+export { ACTIVATION_METADATA_KEY, readSafetensorsFile };
 /** `__metadata__` key naming the family a file was written for (`cnn`, `resnet`, `vit`). */
 export const FAMILY_METADATA_KEY = 'weightformer.family';
 /** `__metadata__` key holding `[h, w, c]` (JSON) of one input example. */
@@ -291,26 +290,6 @@ export function checkReluMetadata(reader: StateDictReader): void {
   if (declared !== undefined && declared !== 'relu') {
     reader.fail(`${ACTIVATION_METADATA_KEY} is ${JSON.stringify(declared)}; this family's activation is relu`);
   }
-}
-
-/**
- * Reads a safetensors file into memory (InputError when it cannot be read, is not a file, or is larger
- * than `MAX_SAFETENSORS_TEACHER_BYTES`) and parses it.
- */
-export async function readSafetensorsFile(file: string): Promise<Safetensors> {
-  let bytes: Buffer;
-  try {
-    const stat = await fs.stat(file);
-    if (!stat.isFile()) throw new InputError(`${file} is not a file`);
-    if (stat.size > MAX_SAFETENSORS_TEACHER_BYTES) {
-      throw new InputError(`${file} has ${stat.size} bytes, more than the ${MAX_SAFETENSORS_TEACHER_BYTES}-byte limit for a teacher`);
-    }
-    bytes = await fs.readFile(file);
-  } catch (err) {
-    if (err instanceof InputError) throw err;
-    throw new InputError(`cannot read ${file}: ${(err as Error).message}`);
-  }
-  return parseSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), file);
 }
 
 // ------------------------------------------------------------------------------------------ the CNN

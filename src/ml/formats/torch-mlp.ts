@@ -207,10 +207,10 @@ export function safetensorsTeacherFromBytes(bytes: Uint8Array, expected?: Archit
 }
 
 /**
- * Reads and validates a `.safetensors` teacher file. InputError when it cannot be read, is larger than
- * MAX_SAFETENSORS_TEACHER_BYTES, or fails any check of `parseSafetensors` / `mlpFromStateDict`.
+ * Reads a safetensors file into memory (InputError when it cannot be read, is not a file, or is larger
+ * than `MAX_SAFETENSORS_TEACHER_BYTES`) and parses it.
  */
-export async function readSafetensorsTeacher(file: string, expected?: ArchitectureSpec): Promise<MlpParams> {
+export async function readSafetensorsFile(file: string): Promise<Safetensors> {
   let bytes: Buffer;
   try {
     const stat = await fs.stat(file);
@@ -223,7 +223,15 @@ export async function readSafetensorsTeacher(file: string, expected?: Architectu
     if (err instanceof InputError) throw err;
     throw new InputError(`cannot read ${file}: ${(err as Error).message}`);
   }
-  return safetensorsTeacherFromBytes(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), expected, file);
+  return parseSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), file);
+}
+
+/**
+ * Reads and validates a `.safetensors` teacher file. InputError when it cannot be read, is larger than
+ * MAX_SAFETENSORS_TEACHER_BYTES, or fails any check of `parseSafetensors` / `mlpFromStateDict`.
+ */
+export async function readSafetensorsTeacher(file: string, expected?: ArchitectureSpec): Promise<MlpParams> {
+  return mlpFromStateDict(await readSafetensorsFile(file), expected, file);
 }
 
 /**

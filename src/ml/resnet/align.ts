@@ -16,7 +16,8 @@
  */
 import { InputError } from '../../util/errors';
 import { alignedAverageOf, averageArrays, checkSameSignature, coordinateAscent, featureSimilarity } from '../align';
-import type { ResnetConv, ResnetParams } from './architecture';
+import { at, permuteConvInto, pushOutgoingSlice, pushReadingSlice } from '../cnn/permute';
+import type { ResnetParams } from './architecture';
 import { cloneResnetParams, resnetBlocks, resnetParamArrays, resnetSignature } from './architecture';
 
 /** `perm[i]` is the old index of new channel i. */
@@ -29,27 +30,6 @@ export interface ResnetPermutations {
 
 function checkSameArchitecture(list: ResnetParams[]): void {
   checkSameSignature(list, resnetSignature);
-}
-
-const at = (perm: Int32Array | undefined, i: number): number => (perm ? (perm[i] ?? 0) : i);
-
-/** Appends to each output channel's row its kernel slice (inputs read through `inPerm`), bias and BN entries. */
-function pushOutgoingSlice(rows: number[][], c: ResnetConv, inPerm: Int32Array | undefined): void {
-  const taps = c.kernelSize * c.kernelSize;
-  const { inChannels: cin, outChannels: cout } = c;
-  rows.forEach((row, u) => {
-    for (let t = 0; t < taps; t++) for (let ci = 0; ci < cin; ci++) row.push(c.kernel[(t * cin + at(inPerm, ci)) * cout + u] ?? 0);
-    row.push(c.bias[u] ?? 0, c.bn.gamma[u] ?? 0, c.bn.beta[u] ?? 0, c.bn.runningMean[u] ?? 0, c.bn.runningVar[u] ?? 0);
-  });
-}
-
-/** Appends to each input channel's row how the conv reads it (outputs read through `outPerm`). */
-function pushReadingSlice(rows: number[][], c: ResnetConv, outPerm: Int32Array | undefined): void {
-  const taps = c.kernelSize * c.kernelSize;
-  const { inChannels: cin, outChannels: cout } = c;
-  rows.forEach((row, u) => {
-    for (let t = 0; t < taps; t++) for (let co = 0; co < cout; co++) row.push(c.kernel[(t * cin + u) * cout + at(outPerm, co)] ?? 0);
-  });
 }
 
 /**
@@ -85,25 +65,6 @@ function channelFeatures(p: ResnetParams, group: number, perms: ResnetPermutatio
 
 function similarityMatrix(reference: ResnetParams, teacher: ResnetParams, group: number, perms: ResnetPermutations): Float64Array {
   return featureSimilarity(channelFeatures(reference, group, undefined), channelFeatures(teacher, group, perms), reference.stem.outChannels);
-}
-
-/** `target` := `c` with its input channels moved by `inPerm` and output channels by `outPerm`. */
-function permuteConvInto(target: ResnetConv, c: ResnetConv, inPerm: Int32Array | undefined, outPerm: Int32Array | undefined): void {
-  const taps = c.kernelSize * c.kernelSize;
-  const { inChannels: cin, outChannels: cout } = c;
-  for (let t = 0; t < taps; t++) {
-    for (let ci = 0; ci < cin; ci++) {
-      for (let co = 0; co < cout; co++) target.kernel[(t * cin + ci) * cout + co] = c.kernel[(t * cin + at(inPerm, ci)) * cout + at(outPerm, co)] ?? 0;
-    }
-  }
-  for (let co = 0; co < cout; co++) {
-    const old = at(outPerm, co);
-    target.bias[co] = c.bias[old] ?? 0;
-    target.bn.gamma[co] = c.bn.gamma[old] ?? 0;
-    target.bn.beta[co] = c.bn.beta[old] ?? 0;
-    target.bn.runningMean[co] = c.bn.runningMean[old] ?? 0;
-    target.bn.runningVar[co] = c.bn.runningVar[old] ?? 0;
-  }
 }
 
 function checkPermutation(perm: Int32Array, n: number, what: string): void {

@@ -6,12 +6,11 @@
  * gradients run on cpu and wasm. Functional (no tfjs-layers model) so that a generator network can
  * produce the kernels and be differentiated through them (`rowsToResnetTensors`).
  */
-import { InputError } from '../../util/errors';
 import type { BnNetwork } from '../cnn/bn-stats';
 import { recomputeRunningStats, runningStatsAfterStep } from '../cnn/bn-stats';
 import type { CnnBatchNormTensors, CnnMode } from '../cnn/forward';
 import type { BatchMoments } from '../cnn/ops';
-import { batchNormEval, batchNormTrain, conv2dSame, pool2x2 } from '../cnn/ops';
+import { asNhwc, batchNormEval, batchNormTrain, conv2dSame, pool2x2 } from '../cnn/ops';
 import type { Dataset } from '../data';
 import { checkImageFeatures, mapChunks, withTensors } from '../evaluate';
 import { accuracyOfScores } from '../mlp';
@@ -113,11 +112,7 @@ export function disposeResnetTensors(t: ResnetTensors): void {
  * NHWC, or dataset rows (n × h·w·c) that are reshaped to it. Purely functional in the tensors of `t`.
  */
 export function resnetForward(t: ResnetTensors, x: tf.Tensor4D | tf.Tensor2D, mode: ResnetMode): ResnetForwardResult {
-  const [h, w, c] = t.inputShape;
-  let a: tf.Tensor4D = x.rank === 4 ? (x as tf.Tensor4D) : tf.reshape(x, [x.shape[0] ?? 0, h, w, c]);
-  if (a.shape[1] !== h || a.shape[2] !== w || a.shape[3] !== c) {
-    throw new InputError(`input is ${a.shape.slice(1).join('×')} per example but the model takes ${h}×${w}×${c}`);
-  }
+  let a = asNhwc(x, t.inputShape);
   const batchMoments: BatchMoments[] = [];
   const convBn = (input: tf.Tensor4D, conv: ResnetConvTensors): tf.Tensor4D => {
     const z = tf.add(conv2dSame(input, conv.kernel), conv.bias) as tf.Tensor4D;

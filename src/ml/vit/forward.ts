@@ -54,6 +54,30 @@ export interface VitTensors {
 /** Examples per forward pass when evaluating (attention scores are heads × tokens² floats per example). */
 const EVAL_CHUNK = 500;
 
+/**
+ * Tensors of `arch` assembled from `take`'s layers, called in `vitParamShapes` order (patch embedding,
+ * position embeddings, per block norm1, q, k, v, proj, norm2, fc1, fc2, then the final norm and the head).
+ */
+export function assembleVitTensors(
+  arch: VitArchitecture,
+  take: { linear(): VitLinearTensors; norm(): VitNormTensors; pos(): tf.Tensor2D },
+): VitTensors {
+  const patchEmbed = take.linear();
+  const posEmbed = take.pos();
+  const blocks: VitBlockTensors[] = [];
+  for (let b = 0; b < arch.depth; b++) {
+    const norm1 = take.norm();
+    const q = take.linear();
+    const k = take.linear();
+    const v = take.linear();
+    const proj = take.linear();
+    blocks.push({ norm1, q, k, v, proj, norm2: take.norm(), fc1: take.linear(), fc2: take.linear() });
+  }
+  const finalNorm = take.norm();
+  const head = take.linear();
+  return { inputShape: [arch.inputShape[0], arch.inputShape[1], arch.inputShape[2]], patchSize: arch.patchSize, heads: arch.heads, patchEmbed, posEmbed, blocks, norm: finalNorm, head };
+}
+
 /** Tensors of `arch` from a list in `vitParamShapes` order (taken as they are, not copied). */
 export function vitTensorsFromList(arch: VitArchitecture, list: tf.Tensor[]): VitTensors {
   let i = 0;
@@ -62,23 +86,9 @@ export function vitTensorsFromList(arch: VitArchitecture, list: tf.Tensor[]): Vi
     if (!t) throw new Error(`ViT tensors: tensor ${i - 1} missing`);
     return t as T;
   };
-  const linear = (): VitLinearTensors => ({ w: next(), b: next() });
-  const norm = (): VitNormTensors => ({ gamma: next(), beta: next() });
-  const patchEmbed = linear();
-  const posEmbed = next<tf.Tensor2D>();
-  const blocks: VitBlockTensors[] = [];
-  for (let b = 0; b < arch.depth; b++) {
-    const norm1 = norm();
-    const q = linear();
-    const k = linear();
-    const v = linear();
-    const proj = linear();
-    blocks.push({ norm1, q, k, v, proj, norm2: norm(), fc1: linear(), fc2: linear() });
-  }
-  const finalNorm = norm();
-  const head = linear();
+  const t = assembleVitTensors(arch, { linear: () => ({ w: next(), b: next() }), norm: () => ({ gamma: next(), beta: next() }), pos: () => next<tf.Tensor2D>() });
   if (i !== list.length) throw new Error(`ViT tensors: ${list.length} tensors for ${i} slots`);
-  return { inputShape: [arch.inputShape[0], arch.inputShape[1], arch.inputShape[2]], patchSize: arch.patchSize, heads: arch.heads, patchEmbed, posEmbed, blocks, norm: finalNorm, head };
+  return t;
 }
 
 /** The tensors of `t` in `vitParamShapes` order. */

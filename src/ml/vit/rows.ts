@@ -14,12 +14,13 @@
  * Order: patch_embed, pos_embed, then per block norm1, attn.q, attn.k, attn.v, attn.proj, norm2,
  * mlp.fc1, mlp.fc2, then the final norm and the head (the names are timm's).
  */
-import { InputError } from '../../util/errors';
 import type { MlpLayer } from '../mlp';
+import { checkRowArrays, checkRowTensors, denseFromRowMatrix, denseFromRowTensor, denseToRowMatrix, rowColumn } from '../rows';
 import { tf } from '../tf';
 import type { VitArchitecture, VitLayerNorm, VitParams } from './architecture';
 import { checkVitArchitecture, checkVitShapes, initVit, vitMlpHidden, vitPatchSize, vitTokens } from './architecture';
-import type { VitBlockTensors, VitLinearTensors, VitNormTensors, VitTensors } from './forward';
+import type { VitLinearTensors, VitNormTensors, VitTensors } from './forward';
+import { assembleVitTensors } from './forward';
 
 export type VitRowsKind = 'linear' | 'norm' | 'pos';
 
@@ -79,31 +80,13 @@ export function vitToRows(p: VitParams): Float32Array[] {
       }
       return m;
     }
-    const l = h.layer;
-    const rowSize = l.inSize + 1;
-    const m = new Float32Array(l.outSize * rowSize);
-    for (let o = 0; o < l.outSize; o++) {
-      for (let i = 0; i < l.inSize; i++) m[o * rowSize + i] = l.w[i * l.outSize + o] ?? 0;
-      m[o * rowSize + l.inSize] = l.b[o] ?? 0;
-    }
-    return m;
+    return denseToRowMatrix(h.layer);
   });
-}
-
-function checkRowCount(count: number, layout: VitRowsLayer[]): void {
-  if (count !== layout.length) throw new InputError(`got ${count} row matrices, the architecture has ${layout.length} layers`);
 }
 
 /** The inverse of `vitToRows` (exact): parameters of `arch` from its rows. */
 export function rowsToVitParams(rows: Float32Array[], arch: VitArchitecture): VitParams {
-  const layout = vitRowsLayout(arch);
-  checkRowCount(rows.length, layout);
-  layout.forEach((layer, l) => {
-    const m = rows[l];
-    if (!m || m.length !== layer.rows * layer.rowSize) {
-      throw new InputError(`layer ${l} (${layer.name}) rows have ${m?.length ?? 0} values, expected ${layer.rows} × ${layer.rowSize}`);
-    }
-  });
+  checkRowArrays(rows, vitRowsLayout(arch));
   const p = initVit(arch, 0); // shapes only; every value is overwritten
   hostLayers(p).forEach((h, l) => {
     const m = rows[l] as Float32Array;
@@ -115,12 +98,7 @@ export function rowsToVitParams(rows: Float32Array[], arch: VitArchitecture): Vi
         h.layer.beta[i] = m[2 * i + 1] ?? 0;
       }
     } else {
-      const w = h.layer;
-      const rowSize = w.inSize + 1;
-      for (let o = 0; o < w.outSize; o++) {
-        for (let i = 0; i < w.inSize; i++) w.w[i * w.outSize + o] = m[o * rowSize + i] ?? 0;
-        w.b[o] = m[o * rowSize + w.inSize] ?? 0;
-      }
+      denseFromRowMatrix(m, h.layer);
     }
   });
   return p;
@@ -132,40 +110,14 @@ export function rowsToVitParams(rows: Float32Array[], arch: VitArchitecture): Vi
  * (or runs it inside `tf.tidy`); the inputs stay the caller's.
  */
 export function rowsToVitTensors(rows: tf.Tensor2D[], arch: VitArchitecture): VitTensors {
-  const layout = vitRowsLayout(arch);
-  checkRowCount(rows.length, layout);
-  const matrices = layout.map((layer, l) => {
-    const m = rows[l];
-    if (!m || m.shape[0] !== layer.rows || m.shape[1] !== layer.rowSize) {
-      throw new InputError(`layer ${l} (${layer.name}) rows are ${m?.shape.join('×') ?? 'missing'}, expected ${layer.rows}×${layer.rowSize}`);
-    }
-    return m;
-  });
-  const column = (m: tf.Tensor2D, at: number): tf.Tensor1D => tf.reshape(tf.slice(m, [0, at], [m.shape[0], 1]), [m.shape[0]]);
+  const matrices = checkRowTensors(rows, vitRowsLayout(arch));
   let i = 0;
   const next = (): tf.Tensor2D => matrices[i++] as tf.Tensor2D;
-  const linear = (): VitLinearTensors => {
-    const m = next();
-    const [outSize = 0, rowSize = 0] = m.shape;
-    return { w: tf.transpose(tf.slice(m, [0, 0], [outSize, rowSize - 1])), b: column(m, rowSize - 1) };
-  };
+  const linear = (): VitLinearTensors => denseFromRowTensor(next());
   const norm = (): VitNormTensors => {
     const m = next();
-    return { gamma: column(m, 0), beta: column(m, 1) };
+    return { gamma: rowColumn(m, 0), beta: rowColumn(m, 1) };
   };
-  const patchEmbed = linear();
-  // A clone (same data, own handle): disposing the result must not dispose the caller's rows.
-  const posEmbed = tf.clone(next());
-  const blocks: VitBlockTensors[] = [];
-  for (let b = 0; b < arch.depth; b++) {
-    const norm1 = norm();
-    const q = linear();
-    const k = linear();
-    const v = linear();
-    const proj = linear();
-    blocks.push({ norm1, q, k, v, proj, norm2: norm(), fc1: linear(), fc2: linear() });
-  }
-  const finalNorm = norm();
-  const head = linear();
-  return { inputShape: [arch.inputShape[0], arch.inputShape[1], arch.inputShape[2]], patchSize: arch.patchSize, heads: arch.heads, patchEmbed, posEmbed, blocks, norm: finalNorm, head };
+  // The position embeddings a clone (same data, own handle): disposing the result must not dispose the caller's rows.
+  return assembleVitTensors(arch, { linear, norm, pos: () => tf.clone(next()) });
 }
