@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import type { StageInput, StageOutput } from '../workflows/types';
 import { resolveTeacherSource } from '../src/teachers/sources';
-import { mlpArchitectureOf, type DatasetDescription, type TeacherJobResult, type TeacherRole } from '../src/runner/jobs';
+import type { DatasetDescription, TeacherJobResult, TeacherRole } from '../src/runner/jobs';
 import type { TrainOptions } from '../src/spec/types';
 import { cacheKey, lookupCached, runHeartbeatedJob, storeCached, trackedStage, type ActivityDeps } from './common';
 
@@ -69,7 +69,8 @@ async function importTeacherSet(deps: ActivityDeps, input: StageInput, files: st
       baseDir: path.dirname(source),
       allowedRoots: [path.dirname(source)],
       cacheDir: path.join(deps.store.root, 'downloads'),
-      expected: mlpArchitectureOf(spec),
+      // Read (and so checked) as the pipeline's family: its safetensors or TF.js reader.
+      expected: spec.architecture,
       mlflow: deps.tracker?.client,
       field: `teachers.files[${index}]`,
     });

@@ -3,7 +3,7 @@ import type { StageInput, StageOutput, TrackingHandle } from '../workflows/types
 import type { MlflowClient } from '../src/tracking/mlflow';
 import type { ArtifactStore } from '../src/store/store';
 import type { ActivityDeps } from './common';
-import { unpackTfjsArtifact } from '../src/ml/tfjs-format';
+import { studentRegistryFiles } from '../src/runner/families';
 
 const TAG_WORKFLOW = 'weightformer.workflow_id';
 const TAG_KIND = 'weightformer.kind';
@@ -109,10 +109,11 @@ export class StageTracker {
     let modelVersion: string | null = null;
     const student = (input.inputs.studentFinetuned ?? input.inputs.student) as string | undefined;
     if (input.status === 'FINISHED' && student && input.spec.tracking.registerModel) {
-      // The student as TF.js loads it: student/model.json + student/weights.bin.
-      const { modelJson, weightsBin } = unpackTfjsArtifact(await this.store.getBytes(student as `sha256:${string}`));
-      await this.client.logArtifact(handle.runId, 'student/weights.bin', weightsBin);
-      await this.client.logArtifact(handle.runId, 'student/model.json', JSON.stringify(modelJson));
+      // The student in its family's format: as TF.js loads it (student/model.json + student/weights.bin) for
+      // MLPs and CNNs, as a PyTorch state_dict (student/model.safetensors) for ResNets and ViTs; either is
+      // what a `models:/` teacher source of the next pipeline reads.
+      const files = studentRegistryFiles(await this.store.getBytes(student as `sha256:${string}`), input.spec.architecture);
+      for (const file of files) await this.client.logArtifact(handle.runId, `student/${file.path}`, file.content);
       const name = input.spec.tracking.registerModel;
       await this.client.createRegisteredModel(name);
       const { version } = await this.client.findOrCreateModelVersion({

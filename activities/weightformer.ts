@@ -1,5 +1,6 @@
 import type { StageInput, StageOutput } from '../workflows/types';
-import { mlpArchitectureOf, type MetaTrainJobResult } from '../src/runner/jobs';
+import type { MetaTrainJobResult } from '../src/runner/jobs';
+import { architectureKey } from '../src/runner/families';
 import type { PipelineSpec } from '../src/spec/types';
 import { InputError } from '../src/util/errors';
 import { cacheKey, cachedJob, trackedStage, type ActivityDeps } from './common';
@@ -11,9 +12,9 @@ import { cacheKey, cachedJob, trackedStage, type ActivityDeps } from './common';
  * ensemble of its family.
  */
 export function weightformerKeyInputs(spec: PipelineSpec, zoo: string[], validation: string[], teacherInput: boolean) {
-  const a = mlpArchitectureOf(spec);
   return {
-    family: `${a.family}:${[a.inputSize, ...a.hidden, a.outputSize].join('-')}:${a.activation}`,
+    // The MLP's key string is the one it always had; other families key by their shape signature.
+    family: architectureKey(spec.architecture),
     zoo,
     validation,
     validationEnsembles: spec.weightformer.validationEnsembles,

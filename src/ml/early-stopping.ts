@@ -1,12 +1,16 @@
 /**
- * Best-epoch selection (and optional early stopping) on top of `trainMlp`, plus the time-to-accuracy
+ * Best-epoch selection (and optional early stopping) on top of any family's trainer (`trainMlp`,
+ * `trainCnn`, `trainResnet`, `trainVit`: the shared loop of train-engine.ts), plus the time-to-accuracy
  * measure built on its curve.
  *
- * `trainWithEarlyStopping` runs one ordinary `trainMlp` run (same data order, same Adam state, same
- * fingerprint) and, at the end of every epoch, compares the validation accuracy with the best so far; on
+ * `trainWithEarlyStopping` runs one ordinary training run of the family (same data order, same Adam state,
+ * same fingerprint) and, at the end of every epoch, compares the validation accuracy with the best so far; on
  * a strict improvement it downloads and keeps that epoch's parameters. Ties keep the earlier epoch, so the
  * best epoch is the first to reach the best accuracy. With `patience` it also stops once that many epochs
  * in a row brought no improvement (at the start of the next epoch: no step is wasted).
+ *
+ * The family is an `EarlyStoppingTrainer` (its trainer, checkpoint and parameter file); without one it is the
+ * MLP (`MLP_EARLY_STOPPING`), as before the families shared the loop, with the same checkpoint bytes.
  *
  * Checkpoints are `EarlyStoppingState`s: the trainer's `TrainState` plus the best parameters so far and the
  * wall time. Resuming from one gives the same parameters, best epoch and accuracies, bit for bit, as an
@@ -20,28 +24,61 @@
 import { performance } from 'node:perf_hooks';
 import { InputError } from '../util/errors';
 import { ByteWriter, openContainer, readJsonHeader } from './bytes';
+import type { ArchitectureSpec } from '../spec/types';
 import type { MlpParams } from './mlp';
 import { cloneParams } from './mlp';
 import { deserializeParams, serializeParams } from './params-io';
-import type { LossPoint, StepInfo, TrainMlpOptions, TrainResult, TrainState } from './train';
+import type { LossPoint, StepInfo } from './train';
 import { deserializeTrainState, serializeTrainState, trainMlp, TrainingAbortedError } from './train';
+import type { TrainHooksOf, TrainOptionsOf, TrainResultOf } from './train-engine';
+import type { TrainStateOf } from './train-state';
 
-export interface EarlyStoppingOptions extends TrainMlpOptions {
+/**
+ * What early stopping needs of a model family: its trainer and the two files its checkpoint holds (the
+ * trainer's checkpoint and the parameter file of the best epoch). `A` architecture, `P` host parameters.
+ */
+export interface EarlyStoppingTrainer<A, P> {
+  train(options: TrainOptionsOf<A, P>, hooks: TrainHooksOf<P>, resumeFrom?: TrainStateOf<P>): Promise<TrainResultOf<P>>;
+  /** A deep copy: a checkpoint must not share arrays with the run that goes on. */
+  clone(p: P): P;
+  serializeTrainState(s: TrainStateOf<P>): Uint8Array;
+  deserializeTrainState(bytes: Uint8Array): TrainStateOf<P>;
+  serializeParams(p: P): Uint8Array;
+  deserializeParams(bytes: Uint8Array): P;
+}
+
+/** The MLP: the default, and what `trainWithEarlyStopping` always was (same checkpoint bytes). */
+export const MLP_EARLY_STOPPING: EarlyStoppingTrainer<ArchitectureSpec, MlpParams> = {
+  train: trainMlp,
+  clone: cloneParams,
+  serializeTrainState,
+  deserializeTrainState,
+  serializeParams,
+  deserializeParams,
+};
+
+/** Options of a family's trainer, plus the validation set (required) and the stopping rule. */
+export interface EarlyStoppingOptionsOf<A, P> extends TrainOptionsOf<A, P> {
   /** Required here: the best epoch is chosen on it. */
-  validation: NonNullable<TrainMlpOptions['validation']>;
+  validation: NonNullable<TrainOptionsOf<A, P>['validation']>;
   /** Stop after this many consecutive epochs without a strict improvement; absent: run every epoch. */
   patience?: number;
   /** Added to every `secondsElapsed` of a fresh run (ignored on resume: the checkpoint has the time). */
   secondsBefore?: number;
 }
 
-export interface EarlyStoppingHooks {
+/** The MLP's options (the name this module always exported). */
+export type EarlyStoppingOptions = EarlyStoppingOptionsOf<ArchitectureSpec, MlpParams>;
+
+export interface EarlyStoppingHooksOf<P> {
   onStep?(info: StepInfo): void | Promise<void>;
   /** Called every `checkpointEvery` steps with a state that `trainWithEarlyStopping(…, resumeFrom)` continues exactly. */
-  onCheckpoint?(state: EarlyStoppingState): void | Promise<void>;
+  onCheckpoint?(state: EarlyStoppingStateOf<P>): void | Promise<void>;
   /** Polled before every step; true stops training with an `EarlyStoppingAbortedError` carrying the state. */
   shouldAbort?(): boolean;
 }
+
+export type EarlyStoppingHooks = EarlyStoppingHooksOf<MlpParams>;
 
 export interface EpochTiming {
   /** 0-based. */
@@ -52,25 +89,27 @@ export interface EpochTiming {
   secondsElapsed: number;
 }
 
-export interface EarlyStoppingResult {
+export interface EarlyStoppingResultOf<P> {
   /** The parameters after the best epoch. */
-  params: MlpParams;
+  params: P;
   bestEpoch: number;
   bestValAccuracy: number;
   epochCurve: EpochTiming[];
   /** Loss per step of the whole run. */
   curve: LossPoint[];
   /** The parameters at the end of the last epoch run. */
-  finalParams: MlpParams;
+  finalParams: P;
   /** True when `patience` ended the run before `epochs`. */
   stoppedEarly: boolean;
 }
 
-export interface EarlyStoppingState {
+export type EarlyStoppingResult = EarlyStoppingResultOf<MlpParams>;
+
+export interface EarlyStoppingStateOf<P> {
   version: 1;
-  train: TrainState;
+  train: TrainStateOf<P>;
   /** Null until the first epoch ends. */
-  best: { epoch: number; valAccuracy: number; params: MlpParams } | null;
+  best: { epoch: number; valAccuracy: number; params: P } | null;
   /** `secondsElapsed` of every finished epoch (one per `train.epochCurve` entry). */
   epochSeconds: number[];
   /** Wall time of the run up to this state, seconds. */
@@ -79,14 +118,16 @@ export interface EarlyStoppingState {
   patience: number | null;
 }
 
+export type EarlyStoppingState = EarlyStoppingStateOf<MlpParams>;
+
 /** Training stopped because `shouldAbort` said so; `earlyStoppingState` resumes it exactly. */
-export class EarlyStoppingAbortedError extends TrainingAbortedError {
-  constructor(public readonly earlyStoppingState: EarlyStoppingState) {
+export class EarlyStoppingAbortedError<P = MlpParams> extends TrainingAbortedError<P> {
+  constructor(public readonly earlyStoppingState: EarlyStoppingStateOf<P>) {
     super(earlyStoppingState.train);
   }
 }
 
-function checkEarlyStoppingOptions(o: EarlyStoppingOptions): void {
+function checkEarlyStoppingOptions<A, P>(o: EarlyStoppingOptionsOf<A, P>): void {
   if (!o.validation || o.validation.n < 1) throw new InputError('early stopping needs a non-empty validation set');
   if (!Number.isInteger(o.epochs) || o.epochs < 1) throw new InputError(`epochs must be an integer ≥ 1, got ${o.epochs}`);
   if (o.patience !== undefined && (!Number.isInteger(o.patience) || o.patience < 1)) {
@@ -98,24 +139,44 @@ function checkEarlyStoppingOptions(o: EarlyStoppingOptions): void {
 }
 
 /** Epochs since the best one, given how many have finished. */
-function epochsWithoutImprovement(best: EarlyStoppingState['best'], finished: number): number {
+function epochsWithoutImprovement(best: EarlyStoppingStateOf<unknown>['best'], finished: number): number {
   return best ? finished - 1 - best.epoch : finished;
 }
 
 /**
- * Trains like `trainMlp` and returns the parameters of the epoch with the best validation accuracy, with
- * the per-epoch accuracy and cumulative wall time.
+ * Trains like the family's trainer (`trainer`; the MLP's `trainMlp` without one) and returns the parameters
+ * of the epoch with the best validation accuracy, with the per-epoch accuracy and cumulative wall time.
  *
  * @example
  * const r = await trainWithEarlyStopping({ ...trainOptions, validation: split.validation, patience: 3 },
  *   { onCheckpoint: (s) => save(serializeEarlyStoppingState(s)) }, resumeFrom);
  * const { seconds, reached } = secondsToReach(r.epochCurve, 0.9, 600);
+ * // Another family: its trainer, and the same trainer for the checkpoint's bytes.
+ * const c = await trainWithEarlyStopping(cnnOptions, { onCheckpoint: (s) => save(serializeEarlyStoppingState(s, CNN)) }, undefined, CNN);
  */
-export async function trainWithEarlyStopping(
-  options: EarlyStoppingOptions,
-  hooks: EarlyStoppingHooks = {},
-  resumeFrom?: EarlyStoppingState,
-): Promise<EarlyStoppingResult> {
+export function trainWithEarlyStopping(options: EarlyStoppingOptions, hooks?: EarlyStoppingHooks, resumeFrom?: EarlyStoppingState): Promise<EarlyStoppingResult>;
+export function trainWithEarlyStopping<A, P>(
+  options: EarlyStoppingOptionsOf<A, P>,
+  hooks: EarlyStoppingHooksOf<P>,
+  resumeFrom: EarlyStoppingStateOf<P> | undefined,
+  trainer: EarlyStoppingTrainer<A, P>,
+): Promise<EarlyStoppingResultOf<P>>;
+export function trainWithEarlyStopping<A, P>(
+  options: EarlyStoppingOptionsOf<A, P>,
+  hooks: EarlyStoppingHooksOf<P> = {},
+  resumeFrom?: EarlyStoppingStateOf<P>,
+  trainer?: EarlyStoppingTrainer<A, P>,
+): Promise<EarlyStoppingResultOf<P>> {
+  // Without a trainer the options are an MLP's (the first overload), so the MLP trainer fits them.
+  return trainWithEarlyStoppingOf(trainer ?? (MLP_EARLY_STOPPING as unknown as EarlyStoppingTrainer<A, P>), options, hooks, resumeFrom);
+}
+
+async function trainWithEarlyStoppingOf<A, P>(
+  trainer: EarlyStoppingTrainer<A, P>,
+  options: EarlyStoppingOptionsOf<A, P>,
+  hooks: EarlyStoppingHooksOf<P>,
+  resumeFrom: EarlyStoppingStateOf<P> | undefined,
+): Promise<EarlyStoppingResultOf<P>> {
   checkEarlyStoppingOptions(options);
   const patience = options.patience ?? null;
   if (resumeFrom) checkResumable(resumeFrom, patience);
@@ -129,23 +190,23 @@ export async function trainWithEarlyStopping(
   let exhausted = patience !== null && epochsWithoutImprovement(best, epochSeconds.length) >= patience && epochSeconds.length < options.epochs;
   let userAbort = false;
 
-  const wrap = (train: TrainState): EarlyStoppingState => ({
+  const wrap = (train: TrainStateOf<P>): EarlyStoppingStateOf<P> => ({
     version: 1,
     train,
-    best: best ? { ...best, params: cloneParams(best.params) } : null,
+    best: best ? { ...best, params: trainer.clone(best.params) } : null,
     epochSeconds: epochSeconds.slice(),
     seconds: elapsed(),
     patience,
   });
 
-  let result: TrainResult;
+  let result: TrainResultOf<P>;
   let stoppedEarly = false;
   try {
-    result = await trainMlp(
+    result = await trainer.train(
       options,
       {
         ...(hooks.onStep ? { onStep: hooks.onStep } : {}),
-        ...(hooks.onCheckpoint ? { onCheckpoint: async (s: TrainState) => hooks.onCheckpoint?.(wrap(s)) } : {}),
+        ...(hooks.onCheckpoint ? { onCheckpoint: async (s: TrainStateOf<P>) => hooks.onCheckpoint?.(wrap(s)) } : {}),
         shouldAbort: () => {
           if (exhausted) return true;
           userAbort = hooks.shouldAbort?.() ?? false;
@@ -163,10 +224,12 @@ export async function trainWithEarlyStopping(
     );
   } catch (err) {
     if (!(err instanceof TrainingAbortedError) || userAbort || !exhausted) {
-      if (err instanceof TrainingAbortedError) throw new EarlyStoppingAbortedError(wrap(err.state));
+      if (err instanceof TrainingAbortedError) throw new EarlyStoppingAbortedError<P>(wrap(err.state as TrainStateOf<P>));
       throw err;
     }
-    result = { params: err.state.params, curve: err.state.curve, epochCurve: err.state.epochCurve };
+    // The trainer threw it, so it carries this family's state.
+    const state = err.state as TrainStateOf<P>;
+    result = { params: state.params, curve: state.curve, epochCurve: state.epochCurve };
     stoppedEarly = true;
   }
   if (!best) throw new Error('no epoch finished'); // unreachable: epochs ≥ 1
@@ -187,7 +250,7 @@ export async function trainWithEarlyStopping(
   };
 }
 
-function checkResumable(s: EarlyStoppingState, patience: number | null): void {
+function checkResumable<P>(s: EarlyStoppingStateOf<P>, patience: number | null): void {
   if (s.patience !== patience) {
     throw new InputError(`the checkpoint was taken with patience ${String(s.patience)}, not ${String(patience)}`);
   }
@@ -216,8 +279,14 @@ interface Header {
 /**
  * Layout (little-endian): "WFES"  u32 version  utf8 JSON header  blob training checkpoint (train-state)
  * blob best parameters (parameter file; empty when none)  sha256 trailer.
+ *
+ * The two blobs are the family's (`trainer`, the MLP's without one), each with its own magic, so a
+ * checkpoint read as another family's fails on the training checkpoint's first bytes.
  */
-export function serializeEarlyStoppingState(s: EarlyStoppingState): Uint8Array {
+export function serializeEarlyStoppingState(s: EarlyStoppingState): Uint8Array;
+export function serializeEarlyStoppingState<A, P>(s: EarlyStoppingStateOf<P>, trainer: EarlyStoppingTrainer<A, P>): Uint8Array;
+export function serializeEarlyStoppingState<A, P>(s: EarlyStoppingStateOf<P>, trainer?: EarlyStoppingTrainer<A, P>): Uint8Array {
+  const t = trainer ?? (MLP_EARLY_STOPPING as unknown as EarlyStoppingTrainer<A, P>);
   const header: Header = {
     bestEpoch: s.best?.epoch ?? null,
     bestValAccuracy: s.best?.valAccuracy ?? null,
@@ -229,15 +298,18 @@ export function serializeEarlyStoppingState(s: EarlyStoppingState): Uint8Array {
   out.ascii(MAGIC);
   out.u32(VERSION);
   out.utf8(JSON.stringify(header));
-  out.blob(serializeTrainState(s.train));
-  out.blob(s.best ? serializeParams(s.best.params) : new Uint8Array());
+  out.blob(t.serializeTrainState(s.train));
+  out.blob(s.best ? t.serializeParams(s.best.params) : new Uint8Array());
   return out.finishWithChecksum();
 }
 
-export function deserializeEarlyStoppingState(bytes: Uint8Array): EarlyStoppingState {
+export function deserializeEarlyStoppingState(bytes: Uint8Array): EarlyStoppingState;
+export function deserializeEarlyStoppingState<A, P>(bytes: Uint8Array, trainer: EarlyStoppingTrainer<A, P>): EarlyStoppingStateOf<P>;
+export function deserializeEarlyStoppingState<A, P>(bytes: Uint8Array, trainer?: EarlyStoppingTrainer<A, P>): EarlyStoppingStateOf<P> {
+  const t = trainer ?? (MLP_EARLY_STOPPING as unknown as EarlyStoppingTrainer<A, P>);
   const r = openContainer(bytes, { magic: MAGIC, version: VERSION, what: WHAT, article: 'an' });
   const header = readJsonHeader<Header>(r, WHAT);
-  const train = deserializeTrainState(r.blob());
+  const train = t.deserializeTrainState(r.blob());
   const bestBytes = r.blob();
   r.expectEnd();
   const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
@@ -252,10 +324,10 @@ export function deserializeEarlyStoppingState(bytes: Uint8Array): EarlyStoppingS
   ) {
     throw new InputError(`${WHAT}: inconsistent header`);
   }
-  const state: EarlyStoppingState = {
+  const state: EarlyStoppingStateOf<P> = {
     version: 1,
     train,
-    best: hasBest ? { epoch: header.bestEpoch ?? 0, valAccuracy: header.bestValAccuracy ?? NaN, params: deserializeParams(bestBytes) } : null,
+    best: hasBest ? { epoch: header.bestEpoch ?? 0, valAccuracy: header.bestValAccuracy ?? NaN, params: t.deserializeParams(bestBytes) } : null,
     epochSeconds: header.epochSeconds,
     seconds: header.seconds,
     patience: header.patience,

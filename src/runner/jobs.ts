@@ -1,4 +1,10 @@
-import type { ArchitectureSpec, PipelineSpec } from '../spec/types';
+/**
+ * The ML jobs a stage activity runs in a worker thread, by name (`JOBS`). Each is written once for every
+ * architecture family: it reaches its family's runtime (families.ts) through `withFamily`, or
+ * `withStudentFamily` for the WeightFormer's jobs (mlp and cnn so far), so the MLP path calls exactly the
+ * functions it always called and gives the same bytes.
+ */
+import type { ModelArchitecture, PipelineSpec } from '../spec/types';
 import { InputError } from '../util/errors';
 import type { ArtifactStore } from '../store/store';
 import type { JobProgress } from './protocol';
@@ -6,11 +12,8 @@ import { initBackend } from '../ml/backend';
 import { datasetDigest, selectExamples, type Dataset } from '../ml/data';
 import { pipelineSplit, sourceData } from './data-source';
 import { deriveSeed, Rng } from '../ml/rng';
-import { accuracy, ensembleAccuracy, ensembleProbs, initMlp, type MlpParams } from '../ml/mlp';
-import { packTfjsArtifact, readTfjsModelDir, tfjsArtifactToParams } from '../ml/tfjs-format';
-import { readSafetensorsTeacher } from '../ml/formats/torch-mlp';
-import { trainMlp, serializeTrainState, deserializeTrainState, type TrainState } from '../ml/train';
-import { alignedAverage, naiveAverage } from '../ml/align';
+import type { TrainOptionsOf } from '../ml/train-engine';
+import type { TrainStateOf } from '../ml/train-state';
 import { trainWithEarlyStopping, serializeEarlyStoppingState, deserializeEarlyStoppingState, secondsToReach, type EpochTiming } from '../ml/early-stopping';
 import {
   metaTrain,
@@ -21,7 +24,10 @@ import {
   deserializeMetaTrainState,
   weightformerConfig,
   zooReference,
+  type ParamsOf,
+  type StudentParams,
 } from '../ml/weightformer';
+import { withFamily, withStudentFamily, type FamilyRuntime, type TeacherFileFormat } from './families';
 
 /** What a job may do besides computing: report progress, checkpoint, read what the last attempt saved. */
 export interface JobContext {
@@ -59,18 +65,6 @@ export interface EvaluateJobResult {
   backend: string;
 }
 
-/**
- * The pipeline's architecture where only the MLP family runs (every job below, so far): the spec validates
- * every family, but running another one is a non-retryable input error until the per-family dispatch lands.
- */
-export function mlpArchitectureOf(spec: PipelineSpec): ArchitectureSpec {
-  const arch = spec.architecture;
-  if (arch.family !== 'mlp') {
-    throw new InputError(`architecture.family '${arch.family}' can be validated but pipelines run only the mlp family so far`);
-  }
-  return arch;
-}
-
 /** Evaluated teachers, zoo teachers (meta-training pool), and held-out validation teachers. */
 export type TeacherRole = 'teacher' | 'zoo' | 'validation';
 
@@ -99,41 +93,42 @@ async function teacherData(spec: PipelineSpec, role: TeacherRole, index: number)
 }
 
 /**
- * Every MLP (teacher, student, baseline) is stored in the TensorFlow.js layers format (model.json +
- * weights.bin, packed into one blob for the content-addressed store), so anything a pipeline writes loads in
- * TF.js as it is; reading checks shapes, dtype and finiteness.
+ * Every model (teacher, student, baseline) is stored in its family's store format (families.ts: the
+ * TF.js layers format for MLPs and CNNs, the parameter file for ResNets and ViTs), so anything a pipeline
+ * writes loads elsewhere as it is; reading checks the family, the shapes against the pipeline's
+ * architecture, and finiteness.
  */
-async function loadParams(store: ArtifactStore, ref: string): Promise<MlpParams> {
-  return tfjsArtifactToParams(await store.getBytes(ref as `sha256:${string}`));
+async function loadParams<A extends ModelArchitecture, P>(rt: FamilyRuntime<A, P>, arch: A, store: ArtifactStore, ref: string): Promise<P> {
+  return rt.unpack(await store.getBytes(ref as `sha256:${string}`), arch);
 }
 
-async function saveParams(store: ArtifactStore, params: MlpParams): Promise<string> {
-  return store.putBytes(packTfjsArtifact(params));
+async function saveParams<A extends ModelArchitecture, P>(rt: FamilyRuntime<A, P>, store: ArtifactStore, params: P): Promise<string> {
+  return store.putBytes(rt.pack(params));
 }
 
-async function resumeState(store: ArtifactStore, ref: string | undefined): Promise<TrainState | undefined> {
-  return ref ? deserializeTrainState(await store.getBytes(ref as `sha256:${string}`)) : undefined;
+async function resumeState<A extends ModelArchitecture, P>(rt: FamilyRuntime<A, P>, store: ArtifactStore, ref: string | undefined): Promise<TrainStateOf<P> | undefined> {
+  return ref ? rt.deserializeTrainState(await store.getBytes(ref as `sha256:${string}`)) : undefined;
 }
 
 /**
  * Trains with progress and checkpoint hooks wired to the job context: each checkpoint's state is written
  * to the store first and only its reference is reported, so a heartbeat never carries tensors.
  */
-async function trainWithHooks(
+async function trainWithHooks<A extends ModelArchitecture, P>(
+  rt: FamilyRuntime<A, P>,
   ctx: JobContext,
   phase: string,
-  options: Parameters<typeof trainMlp>[0],
+  options: TrainOptionsOf<A, P>,
   checkpointEvery: number,
-  resumeFrom: TrainState | undefined,
-  describeCheckpoint: (stateRef: string) => unknown,
+  resumeFrom: TrainStateOf<P> | undefined,
 ) {
-  return trainMlp(
+  return rt.train(
     { ...options, checkpointEvery },
     {
       onStep: (info) => ctx.progress({ phase, step: info.step, totalSteps: info.totalSteps, loss: info.loss }),
       onCheckpoint: async (state) => {
-        const ref = await ctx.store.putBytes(serializeTrainState(state));
-        ctx.checkpoint(state.step, describeCheckpoint(ref));
+        const ref = await ctx.store.putBytes(rt.serializeTrainState(state));
+        ctx.checkpoint(state.step, { state: ref } satisfies TrainCheckpoint);
       },
     },
     resumeFrom,
@@ -145,28 +140,32 @@ const trainTeacher: Job<{ spec: PipelineSpec; role: TeacherRole; index: number }
   const train = role === 'teacher' ? spec.teachers.train : spec.zoo.train;
   const count = role === 'teacher' ? spec.teachers.count : role === 'zoo' ? spec.zoo.count : spec.weightformer.validationTeachers;
   const previous = ctx.resume as TrainCheckpoint | undefined;
-  const result = await trainWithHooks(
-    ctx,
-    `${role} ${index + 1}/${count}`,
-    {
-      arch: mlpArchitectureOf(spec),
-      init: initMlp(mlpArchitectureOf(spec), deriveSeed(spec.seed, role, index, 'init')),
-      train: await teacherData(spec, role, index),
-      epochs: train.epochs,
-      batchSize: train.batchSize,
-      learningRate: train.learningRate,
-      seed: deriveSeed(spec.seed, role, index, 'train'),
-    },
-    train.checkpointEvery,
-    await resumeState(ctx.store, previous?.state),
-    (state): TrainCheckpoint => ({ state }),
-  );
-  return {
-    params: await saveParams(ctx.store, result.params),
-    valAccuracy: await accuracy(result.params, (await splitFor(spec)).validation),
-    curve: result.curve,
-    backend,
-  };
+  const data = await teacherData(spec, role, index);
+  const validation = (await splitFor(spec)).validation;
+  return withFamily(spec.architecture, async (rt, arch) => {
+    const result = await trainWithHooks(
+      rt,
+      ctx,
+      `${role} ${index + 1}/${count}`,
+      {
+        arch,
+        init: rt.init(arch, deriveSeed(spec.seed, role, index, 'init')),
+        train: data,
+        epochs: train.epochs,
+        batchSize: train.batchSize,
+        learningRate: train.learningRate,
+        seed: deriveSeed(spec.seed, role, index, 'train'),
+      },
+      train.checkpointEvery,
+      await resumeState(rt, ctx.store, previous?.state),
+    );
+    return {
+      params: await saveParams(rt, ctx.store, result.params),
+      valAccuracy: await rt.accuracy(result.params, validation),
+      curve: result.curve,
+      backend,
+    };
+  });
 };
 
 const generateStudent: Job<{ spec: PipelineSpec; teachers: string[]; weightformer: string | null }, GenerateJobResult> = async (
@@ -174,26 +173,39 @@ const generateStudent: Job<{ spec: PipelineSpec; teachers: string[]; weightforme
   ctx,
 ) => {
   const { backend } = await initBackend(spec.compute.backend);
-  const params = await Promise.all(teachers.map((t) => loadParams(ctx.store, t)));
   if (spec.generate.method === 'aligned-average') {
-    const started = performance.now();
-    const student = alignedAverage(params);
-    return { student: await saveParams(ctx.store, student), seconds: (performance.now() - started) / 1000, backend };
+    return withFamily(spec.architecture, async (rt, arch) => {
+      const params = await Promise.all(teachers.map((t) => loadParams(rt, arch, ctx.store, t)));
+      const started = performance.now();
+      const student = rt.alignedAverage(params);
+      return { student: await saveParams(rt, ctx.store, student), seconds: (performance.now() - started) / 1000, backend };
+    });
   }
   if (!weightformer) throw new InputError("generate.method 'weightformer' needs a WeightFormer (weightformer.mode train or reuse)");
-  const model = deserializeWeightformer(await ctx.store.getBytes(weightformer as `sha256:${string}`));
-  const probe = model.config.probeTokens ? (await splitFor(spec)).consolidation : undefined;
-  // Timed: the forward pass that consolidates (alignment to the stored reference included).
-  const started = performance.now();
-  const student = await generateWithWeightformer(model, params, probe);
-  const seconds = (performance.now() - started) / 1000;
-  return { student: await saveParams(ctx.store, student), seconds, backend };
+  return withStudentFamily(spec.architecture, async (rt, arch) => {
+    const params = await Promise.all(teachers.map((t) => loadParams(rt, arch, ctx.store, t)));
+    const model = deserializeWeightformer(await ctx.store.getBytes(weightformer as `sha256:${string}`));
+    const probe = model.config.probeTokens ? (await splitFor(spec)).consolidation : undefined;
+    // Timed: the forward pass that consolidates (alignment to the stored reference included).
+    const started = performance.now();
+    const generated = await generateWithWeightformer(model, params as StudentParams[], probe);
+    const seconds = (performance.now() - started) / 1000;
+    // generateStudent checked every teacher against the model's architecture, so the student is of this family.
+    return { student: await saveParams(rt, ctx.store, generated as ParamsOf<typeof arch>), seconds, backend };
+  });
 };
 
 /** The ensemble's averaged softmax at the distillation temperature: the KD target of fine-tuning. */
-async function teacherTargets(store: ArtifactStore, teachers: string[], data: Dataset, temperature: number): Promise<Float32Array> {
-  const params = await Promise.all(teachers.map((t) => loadParams(store, t)));
-  return ensembleProbs(params, data, temperature);
+async function teacherTargets<A extends ModelArchitecture, P>(
+  rt: FamilyRuntime<A, P>,
+  arch: A,
+  store: ArtifactStore,
+  teachers: string[],
+  data: Dataset,
+  temperature: number,
+): Promise<Float32Array> {
+  const params = await Promise.all(teachers.map((t) => loadParams(rt, arch, store, t)));
+  return rt.ensembleProbs(params, data, temperature);
 }
 
 const finetune: Job<{ spec: PipelineSpec; init: string; teachers: string[] }, TrainJobResult> = async ({ spec, init, teachers }, ctx) => {
@@ -202,38 +214,42 @@ const finetune: Job<{ spec: PipelineSpec; init: string; teachers: string[] }, Tr
   const ft = spec.finetune;
   const started = performance.now();
   const previous = ctx.resume as TrainCheckpoint | undefined;
-  const result = await trainWithHooks(
-    ctx,
-    'fine-tune',
-    {
-      arch: mlpArchitectureOf(spec),
-      init: await loadParams(ctx.store, init),
-      train: split.consolidation,
-      epochs: ft.epochs,
-      batchSize: ft.batchSize,
-      learningRate: ft.learningRate,
-      seed: deriveSeed(spec.seed, 'finetune'),
-      kd: { teacherProbs: await teacherTargets(ctx.store, teachers, split.consolidation, ft.temperature), weight: ft.kdWeight, temperature: ft.temperature },
-    },
-    ft.checkpointEvery,
-    await resumeState(ctx.store, previous?.state),
-    (state): TrainCheckpoint => ({ state }),
-  );
-  return {
-    params: await saveParams(ctx.store, result.params),
-    curve: result.curve,
-    seconds: (performance.now() - started) / 1000,
-    backend,
-  };
+  return withFamily(spec.architecture, async (rt, arch) => {
+    const result = await trainWithHooks(
+      rt,
+      ctx,
+      'fine-tune',
+      {
+        arch,
+        init: await loadParams(rt, arch, ctx.store, init),
+        train: split.consolidation,
+        epochs: ft.epochs,
+        batchSize: ft.batchSize,
+        learningRate: ft.learningRate,
+        seed: deriveSeed(spec.seed, 'finetune'),
+        kd: { teacherProbs: await teacherTargets(rt, arch, ctx.store, teachers, split.consolidation, ft.temperature), weight: ft.kdWeight, temperature: ft.temperature },
+      },
+      ft.checkpointEvery,
+      await resumeState(rt, ctx.store, previous?.state),
+    );
+    return {
+      params: await saveParams(rt, ctx.store, result.params),
+      curve: result.curve,
+      seconds: (performance.now() - started) / 1000,
+      backend,
+    };
+  });
 };
 
 const weightAverages: Job<{ spec: PipelineSpec; teachers: string[] }, BaselinesJobResult> = async ({ spec, teachers }, ctx) => {
   await initBackend(spec.compute.backend);
-  const params = await Promise.all(teachers.map((t) => loadParams(ctx.store, t)));
-  return {
-    avgNaive: await saveParams(ctx.store, naiveAverage(params)),
-    avgAligned: await saveParams(ctx.store, alignedAverage(params)),
-  };
+  return withFamily(spec.architecture, async (rt, arch) => {
+    const params = await Promise.all(teachers.map((t) => loadParams(rt, arch, ctx.store, t)));
+    return {
+      avgNaive: await saveParams(rt, ctx.store, rt.naiveAverage(params)),
+      avgAligned: await saveParams(rt, ctx.store, rt.alignedAverage(params)),
+    };
+  });
 };
 
 interface EvaluateModels {
@@ -257,6 +273,18 @@ export function ensembleGainCaptured(model: number, teacherMean: number, ensembl
 /** KD's wall-time budget is capped at this multiple of what consolidation took (generate + fine-tune). */
 export const KD_TO_MATCH_CAP_FACTOR = 20;
 
+/**
+ * The models whose BN running statistics are re-estimated for the `…_bn_recomputed` metrics: those that
+ * come out of averaging or generating (their running statistics are averaged or predicted, not measured).
+ * Trained and fine-tuned models measured their own and are left as they are.
+ */
+const BN_RECOMPUTED: ReadonlyArray<[metric: string, model: keyof EvaluateModels]> = [
+  ['acc.avg_naive_bn_recomputed', 'avgNaive'],
+  ['acc.avg_aligned_bn_recomputed', 'avgAligned'],
+  ['acc.teacher_ablation_bn_recomputed', 'ablationStudent'],
+  ['acc.student_zero_shot_bn_recomputed', 'student'],
+];
+
 const evaluate: Job<{ spec: PipelineSpec; models: EvaluateModels; consolidationSeconds: number | null }, EvaluateJobResult> = async (
   { spec, models, consolidationSeconds },
   ctx,
@@ -264,47 +292,70 @@ const evaluate: Job<{ spec: PipelineSpec; models: EvaluateModels; consolidationS
   const { backend } = await initBackend(spec.compute.backend);
   const split = await splitFor(spec);
   const test = split.test;
-  const teachers = await Promise.all(models.teachers.map((t) => loadParams(ctx.store, t)));
-  const metrics: Record<string, number> = {};
-  const teacherAccs: number[] = [];
-  for (const [i, t] of teachers.entries()) {
-    const acc = await accuracy(t, test);
-    teacherAccs.push(acc);
-    metrics[`acc.teacher_${i}`] = acc;
-  }
-  const teacherMean = teacherAccs.reduce((a, b) => a + b, 0) / teacherAccs.length;
-  metrics['acc.teacher_mean'] = teacherMean;
-  metrics['acc.ensemble'] = await ensembleAccuracy(teachers, test);
-  const testAccuracy = async (ref: string) => accuracy(await loadParams(ctx.store, ref), test);
-  const optional: Array<[string, string | null]> = [
-    ['acc.avg_naive', models.avgNaive],
-    ['acc.avg_aligned', models.avgAligned],
-    ['acc.avg_aligned_finetuned', models.avgAlignedFinetuned],
-    ['acc.kd', models.kd],
-    ['acc.data_only', models.dataOnly],
-    ['acc.teacher_ablation', models.ablationStudent],
-    ['acc.student_zero_shot', models.student],
-    ['acc.student_finetuned', models.studentFinetuned],
-  ];
-  for (const [name, ref] of optional) if (ref) metrics[name] = await testAccuracy(ref);
-  metrics['gain_captured.zero_shot'] = ensembleGainCaptured(metrics['acc.student_zero_shot']!, teacherMean, metrics['acc.ensemble']);
-  if (metrics['acc.student_finetuned'] !== undefined) {
-    metrics['gain_captured.finetuned'] = ensembleGainCaptured(metrics['acc.student_finetuned'], teacherMean, metrics['acc.ensemble']);
-  }
-  // How long KD from scratch needs to match the fine-tuned student, judged on validation (never test).
-  if (models.kdEpochCurve && models.studentFinetuned && consolidationSeconds !== null) {
-    const target = await accuracy(await loadParams(ctx.store, models.studentFinetuned), split.validation);
-    const curve = await ctx.store.getJson<EpochTiming[]>(models.kdEpochCurve as `sha256:${string}`);
-    const cap = KD_TO_MATCH_CAP_FACTOR * consolidationSeconds;
-    const reach = secondsToReach(curve, target, cap);
-    const kdSeconds = curve.at(-1)?.secondsElapsed ?? 0;
-    // Not reached within a KD run shorter than the cap: its whole run time is a lower bound, not the cap.
-    metrics['seconds.kd_to_match'] = reach.reached || kdSeconds >= cap ? reach.seconds : kdSeconds;
-    metrics['kd_to_match.reached'] = reach.reached ? 1 : 0;
-    metrics['acc_val.student_finetuned'] = target;
-  }
-  metrics['data.test_size'] = test.n;
-  return { metrics, backend };
+  return withFamily(spec.architecture, async (rt, arch) => {
+    const load = (ref: string) => loadParams(rt, arch, ctx.store, ref);
+    const teachers = await Promise.all(models.teachers.map(load));
+    const metrics: Record<string, number> = {};
+    const teacherAccs: number[] = [];
+    for (const [i, t] of teachers.entries()) {
+      const acc = await rt.accuracy(t, test);
+      teacherAccs.push(acc);
+      metrics[`acc.teacher_${i}`] = acc;
+    }
+    const teacherMean = teacherAccs.reduce((a, b) => a + b, 0) / teacherAccs.length;
+    metrics['acc.teacher_mean'] = teacherMean;
+    metrics['acc.ensemble'] = await rt.ensembleAccuracy(teachers, test);
+    const testAccuracy = async (ref: string) => rt.accuracy(await load(ref), test);
+    const optional: Array<[string, string | null]> = [
+      ['acc.avg_naive', models.avgNaive],
+      ['acc.avg_aligned', models.avgAligned],
+      ['acc.avg_aligned_finetuned', models.avgAlignedFinetuned],
+      ['acc.kd', models.kd],
+      ['acc.data_only', models.dataOnly],
+      ['acc.teacher_ablation', models.ablationStudent],
+      ['acc.student_zero_shot', models.student],
+      ['acc.student_finetuned', models.studentFinetuned],
+    ];
+    for (const [name, ref] of optional) if (ref) metrics[name] = await testAccuracy(ref);
+    metrics['gain_captured.zero_shot'] = ensembleGainCaptured(metrics['acc.student_zero_shot']!, teacherMean, metrics['acc.ensemble']);
+    if (metrics['acc.student_finetuned'] !== undefined) {
+      metrics['gain_captured.finetuned'] = ensembleGainCaptured(metrics['acc.student_finetuned'], teacherMean, metrics['acc.ensemble']);
+    }
+    // Batch norm: averaged or generated running statistics are not those of the new network (REPAIR).
+    // Re-estimating them on the consolidation set takes forward passes only, no gradient step, so the
+    // model stays zero-shot; both numbers are reported, the plain names keep the un-recomputed models.
+    if (rt.hasBatchNorm(arch)) {
+      // Chunks of the fine-tune's batch size: the batch size the running statistics are otherwise made at.
+      const bnBatch = Math.max(2, spec.finetune.batchSize);
+      const byRef = new Map<string, number>();
+      for (const [name, key] of BN_RECOMPUTED) {
+        const ref = models[key] as string | null;
+        if (!ref) continue;
+        let acc = byRef.get(ref);
+        if (acc === undefined) {
+          acc = await rt.accuracy(await rt.recomputeBn(await load(ref), split.consolidation, bnBatch), test);
+          byRef.set(ref, acc);
+        }
+        metrics[name] = acc;
+      }
+      const recomputed = metrics['acc.student_zero_shot_bn_recomputed'];
+      if (recomputed !== undefined) metrics['gain_captured.zero_shot_bn_recomputed'] = ensembleGainCaptured(recomputed, teacherMean, metrics['acc.ensemble']);
+    }
+    // How long KD from scratch needs to match the fine-tuned student, judged on validation (never test).
+    if (models.kdEpochCurve && models.studentFinetuned && consolidationSeconds !== null) {
+      const target = await rt.accuracy(await load(models.studentFinetuned), split.validation);
+      const curve = await ctx.store.getJson<EpochTiming[]>(models.kdEpochCurve as `sha256:${string}`);
+      const cap = KD_TO_MATCH_CAP_FACTOR * consolidationSeconds;
+      const reach = secondsToReach(curve, target, cap);
+      const kdSeconds = curve.at(-1)?.secondsElapsed ?? 0;
+      // Not reached within a KD run shorter than the cap: its whole run time is a lower bound, not the cap.
+      metrics['seconds.kd_to_match'] = reach.reached || kdSeconds >= cap ? reach.seconds : kdSeconds;
+      metrics['kd_to_match.reached'] = reach.reached ? 1 : 0;
+      metrics['acc_val.student_finetuned'] = target;
+    }
+    metrics['data.test_size'] = test.n;
+    return { metrics, backend };
+  });
 };
 
 export interface MetaTrainJobResult {
@@ -335,53 +386,56 @@ const metaTrainJob: Job<{ spec: PipelineSpec; zoo: string[]; validation: string[
 ) => {
   const { backend } = await initBackend(spec.compute.backend);
   const split = await splitFor(spec);
-  const zooParams = await Promise.all(zoo.map((t) => loadParams(ctx.store, t)));
-  const validationParams = await Promise.all(validation.map((t) => loadParams(ctx.store, t)));
   const m = spec.weightformer.model;
   const t = spec.weightformer.train;
   const previous = ctx.resume as TrainCheckpoint | undefined;
   const resumeFrom = previous ? deserializeMetaTrainState(await ctx.store.getBytes(previous.state as `sha256:${string}`)) : undefined;
   const phase = teacherInput ? 'meta-training' : 'meta-training (ablation)';
-  const started = performance.now();
-  const result = await metaTrain(
-    {
-      arch: mlpArchitectureOf(spec),
-      config: weightformerConfig({ d: m.d, heads: m.heads, blocks: m.blocks, mlpRatio: m.mlpRatio, mixing: m.mixing, probeTokens: m.probeTokens, agreementStats: m.agreementStats, contentGate: m.contentGate, teacherInput }),
-      zoo: zooParams,
-      // The zoo's barycenter is the alignment reference, stored with the model (see zooReference for why).
-      reference: zooReference(zooParams),
-      consolidation: split.consolidation,
-      validation: { ensembles: validationEnsembles(spec, validationParams), data: split.validation },
-      steps: t.steps,
-      batchSize: t.batchSize,
-      learningRate: t.learningRate,
-      tMin: t.tMin,
-      tMax: t.tMax,
-      temperature: t.temperature,
-      kdWeight: t.kdWeight,
-      // The ablation is trained identically: same seed, same subsets, same batches.
-      seed: deriveSeed(spec.seed, 'weightformer'),
-      checkpointEvery: t.checkpointEvery,
-      evalEvery: t.evalEvery,
-    },
-    {
-      onStep: (info) => ctx.progress({ phase, step: info.step, totalSteps: info.totalSteps, loss: info.loss }),
-      onCheckpoint: async (state) => {
-        const ref = await ctx.store.putBytes(serializeMetaTrainState(state));
-        ctx.checkpoint(state.step, { state: ref } satisfies TrainCheckpoint);
+  return withStudentFamily(spec.architecture, async (rt, arch) => {
+    const zooParams = await Promise.all(zoo.map((z) => loadParams(rt, arch, ctx.store, z)));
+    const validationParams = await Promise.all(validation.map((v) => loadParams(rt, arch, ctx.store, v)));
+    const started = performance.now();
+    const result = await metaTrain(
+      {
+        arch,
+        config: weightformerConfig({ d: m.d, heads: m.heads, blocks: m.blocks, mlpRatio: m.mlpRatio, mixing: m.mixing, probeTokens: m.probeTokens, agreementStats: m.agreementStats, contentGate: m.contentGate, teacherInput }),
+        zoo: zooParams,
+        // The zoo's barycenter is the alignment reference, stored with the model (see zooReference for why);
+        // it is of the zoo's family, this one.
+        reference: zooReference(zooParams as StudentParams[]) as ParamsOf<typeof arch>,
+        consolidation: split.consolidation,
+        validation: { ensembles: validationEnsembles(spec, validationParams), data: split.validation },
+        steps: t.steps,
+        batchSize: t.batchSize,
+        learningRate: t.learningRate,
+        tMin: t.tMin,
+        tMax: t.tMax,
+        temperature: t.temperature,
+        kdWeight: t.kdWeight,
+        // The ablation is trained identically: same seed, same subsets, same batches.
+        seed: deriveSeed(spec.seed, 'weightformer'),
+        checkpointEvery: t.checkpointEvery,
+        evalEvery: t.evalEvery,
       },
-    },
-    resumeFrom,
-  );
-  return {
-    model: await ctx.store.putBytes(serializeWeightformer(result.model)),
-    curve: result.curve,
-    valCurve: result.valCurve.map((p) => ({ step: p.step, accuracy: p.accuracy })),
-    bestStep: result.bestStep,
-    steps: result.steps,
-    seconds: (performance.now() - started) / 1000,
-    backend,
-  };
+      {
+        onStep: (info) => ctx.progress({ phase, step: info.step, totalSteps: info.totalSteps, loss: info.loss }),
+        onCheckpoint: async (state) => {
+          const ref = await ctx.store.putBytes(serializeMetaTrainState(state));
+          ctx.checkpoint(state.step, { state: ref } satisfies TrainCheckpoint);
+        },
+      },
+      resumeFrom,
+    );
+    return {
+      model: await ctx.store.putBytes(serializeWeightformer(result.model)),
+      curve: result.curve,
+      valCurve: result.valCurve.map((p) => ({ step: p.step, accuracy: p.accuracy })),
+      bestStep: result.bestStep,
+      steps: result.steps,
+      seconds: (performance.now() - started) / 1000,
+      backend,
+    };
+  });
 };
 
 export interface EarlyStoppedJobResult {
@@ -404,41 +458,45 @@ async function trainEarlyStopped(
   const { backend } = await initBackend(spec.compute.backend);
   const split = await splitFor(spec);
   const previous = ctx.resume as TrainCheckpoint | undefined;
-  const resumeFrom = previous ? deserializeEarlyStoppingState(await ctx.store.getBytes(previous.state as `sha256:${string}`)) : undefined;
-  const kd = options.kd
-    ? { teacherProbs: await teacherTargets(ctx.store, options.kd.teachers, split.consolidation, options.kd.temperature), weight: options.kd.weight, temperature: options.kd.temperature }
-    : undefined;
-  const started = performance.now();
-  const result = await trainWithEarlyStopping(
-    {
-      arch: mlpArchitectureOf(spec),
-      init: initMlp(mlpArchitectureOf(spec), deriveSeed(options.seed, 'init')),
-      train: split.consolidation,
-      validation: split.validation,
-      epochs: options.epochs,
-      batchSize: options.batchSize,
-      learningRate: options.learningRate,
-      seed: deriveSeed(options.seed, 'train'),
-      checkpointEvery: options.checkpointEvery,
-      ...(kd ? { kd } : {}),
-    },
-    {
-      onStep: (info) => ctx.progress({ phase, step: info.step, totalSteps: info.totalSteps, loss: info.loss }),
-      onCheckpoint: async (state) => {
-        const ref = await ctx.store.putBytes(serializeEarlyStoppingState(state));
-        ctx.checkpoint(state.train.step, { state: ref } satisfies TrainCheckpoint);
+  const resumeBytes = previous ? await ctx.store.getBytes(previous.state as `sha256:${string}`) : undefined;
+  return withFamily(spec.architecture, async (rt, arch) => {
+    const resumeFrom = resumeBytes ? deserializeEarlyStoppingState(resumeBytes, rt) : undefined;
+    const kd = options.kd
+      ? { teacherProbs: await teacherTargets(rt, arch, ctx.store, options.kd.teachers, split.consolidation, options.kd.temperature), weight: options.kd.weight, temperature: options.kd.temperature }
+      : undefined;
+    const started = performance.now();
+    const result = await trainWithEarlyStopping(
+      {
+        arch,
+        init: rt.init(arch, deriveSeed(options.seed, 'init')),
+        train: split.consolidation,
+        validation: split.validation,
+        epochs: options.epochs,
+        batchSize: options.batchSize,
+        learningRate: options.learningRate,
+        seed: deriveSeed(options.seed, 'train'),
+        checkpointEvery: options.checkpointEvery,
+        ...(kd ? { kd } : {}),
       },
-    },
-    resumeFrom,
-  );
-  return {
-    params: await saveParams(ctx.store, result.params),
-    bestEpoch: result.bestEpoch,
-    epochCurve: await ctx.store.putJson(result.epochCurve),
-    curve: result.curve,
-    seconds: (performance.now() - started) / 1000,
-    backend,
-  };
+      {
+        onStep: (info) => ctx.progress({ phase, step: info.step, totalSteps: info.totalSteps, loss: info.loss }),
+        onCheckpoint: async (state) => {
+          const ref = await ctx.store.putBytes(serializeEarlyStoppingState(state, rt));
+          ctx.checkpoint(state.train.step, { state: ref } satisfies TrainCheckpoint);
+        },
+      },
+      resumeFrom,
+      rt,
+    );
+    return {
+      params: await saveParams(rt, ctx.store, result.params),
+      bestEpoch: result.bestEpoch,
+      epochCurve: await ctx.store.putJson(result.epochCurve),
+      curve: result.curve,
+      seconds: (performance.now() - started) / 1000,
+      backend,
+    };
+  });
 }
 
 /** KD from scratch: a random student trained with CE + KD to the ensemble on the consolidation set. */
@@ -479,19 +537,23 @@ export interface DatasetDescription {
 }
 
 /**
- * A teacher brought as a file (already fetched to a local path by the activity): read in its format, checked
- * against the architecture (shapes, dtype, finite values), scored on the validation set, and stored in the
- * TF.js format like every trained teacher, so the stages after it cannot tell the difference.
+ * A teacher brought as a file (already fetched to a local path by the activity): read in its format by its
+ * family's reader, checked against the architecture (shapes, dtype, finite values), scored on the
+ * validation set, and stored in the family's store format like every trained teacher, so the stages after
+ * it cannot tell the difference.
  */
-const importTeacher: Job<{ spec: PipelineSpec; file: string; format: 'safetensors' | 'tfjs' }, TeacherJobResult> = async ({ spec, file, format }, ctx) => {
+const importTeacher: Job<{ spec: PipelineSpec; file: string; format: TeacherFileFormat }, TeacherJobResult> = async ({ spec, file, format }, ctx) => {
   const { backend } = await initBackend(spec.compute.backend);
-  const params = format === 'safetensors' ? await readSafetensorsTeacher(file, mlpArchitectureOf(spec)) : await readTfjsModelDir(file, mlpArchitectureOf(spec));
-  return {
-    params: await saveParams(ctx.store, params),
-    valAccuracy: await accuracy(params, (await splitFor(spec)).validation),
-    curve: [],
-    backend,
-  };
+  const validation = (await splitFor(spec)).validation;
+  return withFamily(spec.architecture, async (rt, arch) => {
+    const params = await rt.readTeacher(file, format, arch);
+    return {
+      params: await saveParams(rt, ctx.store, params),
+      valAccuracy: await rt.accuracy(params, validation),
+      curve: [],
+      backend,
+    };
+  });
 };
 
 /** The parts of the split this pipeline reads, with digests: logged as MLflow dataset inputs. */

@@ -12,6 +12,8 @@ export const MNIST_INPUT_SIZE = 784;
 export const MNIST_CLASSES = 10;
 /** 32 × 32 × 3 pixels. */
 export const CIFAR_INPUT_SIZE = 3072;
+/** The families the WeightFormer consolidates (the runner's `withStudentFamily` refuses the others). */
+export const WEIGHTFORMER_FAMILIES: readonly ArchitectureFamily[] = ['mlp', 'cnn'];
 export const MNIST_INPUT_SHAPE: [number, number, number] = [28, 28, 1];
 export const CIFAR_INPUT_SHAPE: [number, number, number] = [32, 32, 3];
 
@@ -65,6 +67,19 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
       message: "'weightformer' needs weightformer.mode 'train' or 'reuse' (got 'none')",
       related: ['/weightformer/mode'],
     });
+  }
+  // The WeightFormer reads and writes rows of MLPs and CNNs only (src/ml/weightformer/family.ts); the
+  // runner would refuse the others at the weightformer stage, after training every teacher: say it here.
+  const family = spec.architecture.family;
+  if (!WEIGHTFORMER_FAMILIES.includes(family)) {
+    const unsupported = `the WeightFormer supports the ${WEIGHTFORMER_FAMILIES.join(' and ')} families so far (architecture.family is '${family}'); ` +
+      "use weightformer.mode 'none' and generate.method 'aligned-average'";
+    if (spec.weightformer.mode !== 'none') {
+      problems.push({ pointer: '/weightformer/mode', at: 'value', message: unsupported, related: ['/architecture/family'] });
+    }
+    if (spec.generate.method === 'weightformer') {
+      problems.push({ pointer: '/generate/method', at: 'value', message: unsupported, related: ['/architecture/family'] });
+    }
   }
   if (spec.weightformer.mode !== 'none' && zoo.count < 1) {
     problems.push({

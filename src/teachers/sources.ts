@@ -1,7 +1,9 @@
 /**
- * Teacher sources: a string in a pipeline file that names a trained MLP to consolidate, resolved into
- * `MlpParams`. Three forms are accepted, in two formats (a `.safetensors` PyTorch state_dict, or a TF.js
- * layers `model.json` with its weight files):
+ * Teacher sources: a string in a pipeline file that names a trained model to consolidate, resolved into the
+ * host parameters of its family (the family of `expected`, the pipeline's architecture; an MLP without
+ * one). Three forms are accepted, in two formats (a `.safetensors` PyTorch state_dict — torch-mlp,
+ * torch-cnn, torch-resnet or torch-vit by family — or a TF.js layers `model.json` with its weight files,
+ * for the mlp and cnn families):
  *
  * - a **path**, relative to the pipeline file's folder or absolute: a `.safetensors` file, a `model.json`,
  *   or a folder holding `model.json` or exactly one `.safetensors`. It must resolve, after following
@@ -13,7 +15,8 @@
  *   names only). Redirects are followed (at most `maxRedirects`, never from https to http).
  * - **`models:/<name>/<version>`** (or `models:/<name>@<alias>`) from the MLflow model registry: the
  *   version's source must lie in its run's artifacts, as the pipeline registers students
- *   (`<run artifact_uri>/student` holding `model.json` + `weights.bin`, see activities/tracking.ts), so a
+ *   (`<run artifact_uri>/student` holding `model.json` + `weights.bin`, or `model.safetensors` for ResNets
+ *   and ViTs; see activities/tracking.ts), so a
  *   student registered by one pipeline is a teacher for the next. That folder (or a `.safetensors` file)
  *   is downloaded through the project's MLflow client.
  *
@@ -36,10 +39,9 @@ import * as https from 'node:https';
 import * as path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { readSafetensorsTeacher } from '../ml/formats/torch-mlp';
-import type { MlpParams } from '../ml/mlp';
-import { readTfjsModelDir, TFJS_MODEL_JSON } from '../ml/tfjs-format';
-import type { ArchitectureSpec } from '../spec/types';
+import { TFJS_MODEL_JSON } from '../ml/tfjs-format';
+import { readTeacherFile, type ParamsOfArch, type TeacherFileFormat } from '../runner/families';
+import type { ArchitectureSpec, ModelArchitecture } from '../spec/types';
 import { resolveAllowedPath } from '../store/paths';
 import { MlflowRequestError, type MlflowClient } from '../tracking/mlflow';
 import { AccessError, InputError } from '../util/errors';
@@ -60,17 +62,18 @@ export class TeacherDownloadError extends Error {
   override name = 'TeacherDownloadError';
 }
 
-export type TeacherFormat = 'safetensors' | 'tfjs';
+export type TeacherFormat = TeacherFileFormat;
 
-export interface TeacherSourceOptions {
+/** `A`: the architecture the teacher must have (its family picks the readers); an MLP by default. */
+export interface TeacherSourceOptions<A extends ModelArchitecture = ArchitectureSpec> {
   /** Folder a relative path is resolved from: the pipeline file's folder. */
   baseDir: string;
   /** Local files must resolve, after symbolic links, under one of these (`defaultAllowedRoots`). */
   allowedRoots: string[];
   /** Downloads (URL and MLflow) land in `<cacheDir>/<sha256>/`; created if missing. */
   cacheDir: string;
-  /** When given, the teacher must have exactly this architecture. */
-  expected?: ArchitectureSpec;
+  /** When given, the teacher must have exactly this architecture (and is read as its family); else an MLP of any shape. */
+  expected?: A;
   /** Required for `models:/` sources. */
   mlflow?: MlflowClient;
   /** Bytes one source may download, all its files together; default 512 MiB. */
@@ -85,8 +88,8 @@ export interface TeacherSourceOptions {
   field?: string;
 }
 
-export interface ResolvedTeacher {
-  params: MlpParams;
+export interface ResolvedTeacher<P = ParamsOfArch<ArchitectureSpec>> {
+  params: P;
   kind: TeacherSource['kind'];
   format: TeacherFormat;
   /** The local file read: the resolved path, or the cached download's `.safetensors` / `model.json`. */
@@ -106,7 +109,10 @@ export interface ResolvedTeacher {
  *   cacheDir: '.weightformer/teachers', expected: spec.architecture,
  * });
  */
-export async function resolveTeacherSource(source: string, opts: TeacherSourceOptions): Promise<ResolvedTeacher> {
+export async function resolveTeacherSource<A extends ModelArchitecture = ArchitectureSpec>(
+  source: string,
+  opts: TeacherSourceOptions<A>,
+): Promise<ResolvedTeacher<ParamsOfArch<A>>> {
   const field = opts.field ?? 'teacher source';
   const parsed = parseTeacherSource(source, field);
   switch (parsed.kind) {
@@ -121,12 +127,13 @@ export async function resolveTeacherSource(source: string, opts: TeacherSourceOp
   }
 }
 
-async function readTeacher(file: string, format: TeacherFormat, expected: ArchitectureSpec | undefined): Promise<MlpParams> {
-  return format === 'safetensors' ? readSafetensorsTeacher(file, expected) : readTfjsModelDir(file, expected);
+async function readTeacher<A extends ModelArchitecture>(file: string, format: TeacherFormat, expected: A | undefined): Promise<ParamsOfArch<A>> {
+  // The family's reader returns the family's parameters: those of `A` (an MLP's when nothing is expected).
+  return (await readTeacherFile(file, format, expected)) as ParamsOfArch<A>;
 }
 
 /** The teacher file a local path names, checked against the allowed roots (weight files included). */
-async function locateLocalTeacher(written: string, opts: TeacherSourceOptions, field: string): Promise<{ file: string; format: TeacherFormat }> {
+async function locateLocalTeacher<A extends ModelArchitecture>(written: string, opts: TeacherSourceOptions<A>, field: string): Promise<{ file: string; format: TeacherFormat }> {
   const allowed = (p: string): string => resolveAllowedPath(p, { baseDir: opts.baseDir, allowedRoots: opts.allowedRoots, field });
   const resolved = allowed(written);
   let stat: Stats;
@@ -261,10 +268,10 @@ class PendingDownload {
  * Runs `fill` on a fresh pending download and reads the teacher it fetched; commits the folder only when
  * the teacher is valid (the cache never holds a file that failed), and removes every trace on failure.
  */
-async function withPendingDownload(
-  opts: TeacherSourceOptions,
+async function withPendingDownload<A extends ModelArchitecture>(
+  opts: TeacherSourceOptions<A>,
   fill: (pending: PendingDownload) => Promise<{ format: TeacherFormat; rel: string }>,
-): Promise<{ params: MlpParams; file: string; format: TeacherFormat; sha256: string }> {
+): Promise<{ params: ParamsOfArch<A>; file: string; format: TeacherFormat; sha256: string }> {
   const pending = await PendingDownload.start(opts.cacheDir, opts.maxBytes ?? DEFAULT_MAX_TEACHER_BYTES);
   try {
     const { format, rel } = await fill(pending);
@@ -295,7 +302,7 @@ function describeUrl(url: URL): string {
 }
 
 /** A URL teacher: the file itself, plus the weight files when it is a model.json. */
-async function downloadUrlTeacher(url: URL, opts: TeacherSourceOptions, field: string) {
+async function downloadUrlTeacher<A extends ModelArchitecture>(url: URL, opts: TeacherSourceOptions<A>, field: string) {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_DOWNLOAD_TIMEOUT_MS;
   const overall = new AbortController();
   const timer = setTimeout(() => overall.abort(), timeoutMs);
@@ -488,7 +495,7 @@ async function artifactPathOfVersion(client: MlflowClient, runId: string, source
     'only versions registered from a run\'s artifacts (as the pipeline registers students) can be read');
 }
 
-async function downloadMlflowTeacher(src: MlflowSource, opts: TeacherSourceOptions, field: string) {
+async function downloadMlflowTeacher<A extends ModelArchitecture>(src: MlflowSource, opts: TeacherSourceOptions<A>, field: string) {
   const client = opts.mlflow;
   const label = src.version !== undefined ? `model ${src.name} version ${src.version}` : `model ${src.name} alias @${src.alias}`;
   if (!client) throw new InputError(`${field}: ${label} is in the MLflow registry but no MLflow server is configured (set MLFLOW_TRACKING_URI)`);
