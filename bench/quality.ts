@@ -1,6 +1,6 @@
 /**
- * `npm run bench:quality`: runs pipelines/bench-quality.yaml (seeds × held-out ensembles) through the
- * embedded stack and writes bench/results/quality-<date>-<host>-<hhmm>.json with every run's metrics and
+ * `npm run bench:quality`: runs pipelines/bench-quality.yaml and bench-quality-cnn.yaml (seeds × held-out ensembles) through the
+ * embedded stack and writes bench/results/quality-[<family>-]<date>-<host>-<hhmm>.json (no family for the MLP) with every run's metrics and
  * paired-bootstrap confidence intervals.
  */
 import { spawn } from 'node:child_process';
@@ -67,11 +67,11 @@ export function qualitySummary(runs: Metrics[]): Record<string, Interval> {
   return summary;
 }
 
-async function main(): Promise<void> {
-  const file = path.resolve(process.argv[2] ?? path.join(root, 'pipelines/bench-quality.yaml'));
+/** One bench pipeline: run it, summarise it, write its results file; returns the file's path. */
+async function benchOne(file: string, runArgs: string[]): Promise<string> {
   const loaded = loadPipelineFile(file);
   const started = Date.now();
-  const { cells, backend } = await runPipeline(file, process.argv.slice(3));
+  const { cells, backend } = await runPipeline(file, runArgs);
   const runs = cells.map((c) => ({ seed: c.cell.seed ?? loaded.spec.seed, ensemble: c.cell['teachers.ensembleIndex'] ?? 0, cell: c.cell, workflowId: c.workflowId, metrics: c.metrics }));
   const { spec } = loaded;
   const result = {
@@ -103,10 +103,26 @@ async function main(): Promise<void> {
   };
   const now = new Date();
   const stamp = `${now.toISOString().slice(0, 10)}-${os.hostname()}-${now.toISOString().slice(11, 16).replace(':', '')}`;
-  const out = path.join(root, 'bench/results', `quality-${stamp}.json`);
+  // The MLP family keeps the plain name; other families name themselves.
+  const family = spec.architecture.family === 'mlp' ? '' : `${spec.architecture.family}-`;
+  const out = path.join(root, 'bench/results', `quality-${family}${stamp}.json`);
   await fs.mkdir(path.dirname(out), { recursive: true });
   await writeFileAtomic(out, `${JSON.stringify(result, null, 2)}\n`);
   process.stdout.write(`${JSON.stringify(result.summary, null, 2)}\nwrote ${path.relative(root, out)}\n`);
+  return out;
+}
+
+/**
+ * Arguments: the bench pipeline files (`.yaml`), run one after the other (default: the MLP bench), then any
+ * options for `weightformer run` (e.g. `--no-cache`).
+ */
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const files = args.filter((a) => a.endsWith('.yaml') || a.endsWith('.yml'));
+  const runArgs = args.filter((a) => !files.includes(a));
+  for (const file of files.length > 0 ? files : [path.join(root, 'pipelines/bench-quality.yaml')]) {
+    await benchOne(path.resolve(file), runArgs);
+  }
 }
 
 if (require.main === module) {
