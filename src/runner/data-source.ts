@@ -57,8 +57,16 @@ async function readSource(spec: PipelineSpec): Promise<SourceData> {
   return { data: image.data, origin: { sourceType: 'local', source: { format: source, path: dir, ...(source === 'cifar100' ? { labels: cifar100Labels } : {}) } } };
 }
 
+// The last split made in this thread: a job asks for it several times (training data, then validation),
+// and each split copies the whole dataset (737 MB for CIFAR), so it is made once per pipeline setting.
+let lastSplit: { key: string; split: DatasetSplit } | undefined;
+
 /** The pipeline's disjoint split of its data (see `splitDataset`). */
 export async function pipelineSplit(spec: PipelineSpec): Promise<DatasetSplit> {
   const { data } = await sourceData(spec);
-  return splitDataset(data, spec.data, (spec.teachers.ensembleIndex + 1) * spec.teachers.count);
+  const shardCount = (spec.teachers.ensembleIndex + 1) * spec.teachers.count;
+  const { source, path, cifar100Labels, shardSize, consolidationSize, validationSize, testSize, splitSeed } = spec.data;
+  const key = JSON.stringify([source, path ?? null, cifar100Labels, shardSize, consolidationSize, validationSize, testSize, splitSeed, shardCount]);
+  if (lastSplit?.key !== key) lastSplit = { key, split: splitDataset(data, spec.data, shardCount) };
+  return lastSplit.split;
 }
