@@ -132,6 +132,8 @@ async function workerCommand(opts: { queue: TaskQueue; stateDir?: string }): Pro
     queuePrefix: queuePrefix(),
     storeRoot: storeRoot(stateDir(opts.stateDir)),
     mlflowUrl: process.env.MLFLOW_TRACKING_URI || null,
+    identity: process.env.WEIGHTFORMER_WORKER_IDENTITY || undefined,
+    namespace: process.env.TEMPORAL_NAMESPACE || undefined,
   });
   process.stderr.write(`worker polling task queue '${taskQueueName(opts.queue, queuePrefix())}' on ${address}\n`);
   const stop = () => worker.shutdown();

@@ -17,6 +17,11 @@ export interface WorkerOptions {
   storeRoot: string;
   /** MLflow server; null disables tracking on this worker. */
   mlflowUrl: string | null;
+  /**
+   * The name this worker gives Temporal (shown in history on each activity it ran). Default: the SDK's
+   * `<pid>@<hostname>`, unique per process and per container.
+   */
+  identity?: string;
   /** Reuse an existing connection (in-process workers share the client's). */
   connection?: NativeConnection;
 }
@@ -33,6 +38,15 @@ export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
 }
 
 /**
+ * How many stages one worker runs at once. A GPU stage holds the whole device (TF.js webgpu allocates
+ * as it likes and two jobs would contend for memory), so a `gpu` worker takes one at a time and a second
+ * GPU stage waits in the queue for it or goes to another GPU worker. CPU stages each get a job thread.
+ */
+export function maxConcurrentStages(queue: TaskQueue): number {
+  return queue === 'gpu' ? 1 : 2;
+}
+
+/**
  * A worker serving one task queue. A `gpu` worker runs one activity at a time: one GPU stage at a time per
  * device. A `cpu` worker runs a few at once; each ML job has its own thread.
  */
@@ -46,6 +60,7 @@ export async function createPipelineWorker(options: WorkerOptions): Promise<Work
     taskQueue: taskQueueName(options.taskQueue, options.queuePrefix),
     workflowBundle: await workflowBundle(),
     activities: createActivities({ store, tracker }),
-    maxConcurrentActivityTaskExecutions: options.taskQueue === 'gpu' ? 1 : 2,
+    ...(options.identity ? { identity: options.identity } : {}),
+    maxConcurrentActivityTaskExecutions: maxConcurrentStages(options.taskQueue),
   });
 }
