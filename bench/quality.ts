@@ -67,8 +67,8 @@ export function qualitySummary(runs: Metrics[]): Record<string, Interval> {
   return summary;
 }
 
-/** One bench pipeline: run it, summarise it, write its results file; returns the file's path. */
-async function benchOne(file: string, runArgs: string[]): Promise<string> {
+/** One bench pipeline run through the CLI and summarised: the setting, the machine, every run's metrics, the summary. */
+export async function measureQuality(file: string, runArgs: string[]) {
   const loaded = loadPipelineFile(file);
   const started = Date.now();
   const { cells, backend } = await runPipeline(file, runArgs);
@@ -101,6 +101,13 @@ async function benchOne(file: string, runArgs: string[]): Promise<string> {
     runs,
     summary: qualitySummary(runs.map((r) => r.metrics)),
   };
+  return result;
+}
+
+/** One bench pipeline: run it, summarise it, write its results file; returns the file's path. */
+async function benchOne(file: string, runArgs: string[]): Promise<string> {
+  const result = await measureQuality(file, runArgs);
+  const { spec } = loadPipelineFile(file);
   const now = new Date();
   const stamp = `${now.toISOString().slice(0, 10)}-${os.hostname()}-${now.toISOString().slice(11, 16).replace(':', '')}`;
   // The MLP family keeps the plain name; other families name themselves.

@@ -29,10 +29,10 @@ import type { LossBatch } from '../train';
 import type { LossPoint } from '../train-state';
 import type { WeightformerConfig } from './config';
 import { canonicalConfig, checkWeightformerConfig } from './config';
-import type { StudentBnMode } from './family';
+import type { StudentBnMode, StudentFamily } from './family';
 import { familyOf } from './family';
 import { generateWith } from './generate';
-import type { WeightformerModel } from './model';
+import type { ModelConstants, SetTensors, WeightformerModel } from './model';
 import { asParams, disposeModelConstants, disposeSet, initWeightformer, modelConstants, paramSpecs, studentRows, uploadSet } from './model';
 import type { MetaTrainState, ValPoint } from './meta-state';
 import type { ParamsOf, StudentArch, StudentParams, TeacherFeatures } from './tokens';
@@ -222,6 +222,63 @@ function sampleWithoutReplacement(rng: Rng, n: number, k: number): Int32Array {
   return a.slice(0, k);
 }
 
+/** What one meta-step needs of the model and the student family (fixed for a run). */
+export interface MetaStepContext {
+  names: string[];
+  shapes: number[][];
+  /** Element count of each parameter tensor, in `names` order. */
+  sizes: number[];
+  constants: ModelConstants;
+  arch: StudentArch;
+  family: StudentFamily;
+  studentBn: StudentBnMode;
+}
+
+/** One meta-batch as host arrays: inputs, one-hot labels, the subset's mean soft targets and their −entropy. */
+export interface MetaBatchArrays {
+  x: Float32Array;
+  yOneHot: Float32Array;
+  kdProbs: Float32Array;
+  negEntropy: Float32Array;
+  n: number;
+  features: number;
+  classes: number;
+  kdWeight: number;
+  temperature: number;
+}
+
+/**
+ * One meta-training step on the device: loss and gradients of the functional student built from `set`,
+ * then one Adam update over all parameters as a single flat vector (a handful of element-wise kernels
+ * instead of ~10 per parameter tensor). Returns new tensors; the caller disposes the old ones. Exported
+ * so that bench/ times and profiles exactly the step meta-training runs.
+ */
+export function metaStepTensors(
+  ctx: MetaStepContext,
+  state: { params: tf.Tensor[]; m: tf.Tensor; v: tf.Tensor },
+  set: SetTensors,
+  b: MetaBatchArrays,
+  t: number,
+  learningRate: number,
+): { loss: tf.Scalar; params: tf.Tensor[]; m: tf.Tensor; v: tf.Tensor } {
+  return tf.tidy(() => {
+    const batch: LossBatch = {
+      x: tf.tensor2d(b.x, [b.n, b.features]),
+      yOneHot: tf.tensor2d(b.yOneHot, [b.n, b.classes]),
+      kd: { probs: tf.tensor2d(b.kdProbs, [b.n, b.classes]), negEntropy: tf.tensor1d(b.negEntropy), weight: b.kdWeight, temperature: b.temperature },
+    };
+    const { value, grads } = tf.valueAndGrads((...ps: tf.Tensor[]) =>
+      ctx.family.loss(studentRows(asParams(ctx.names, ps), ctx.constants, set), ctx.constants.layout, ctx.arch, batch, ctx.studentBn),
+    )(state.params);
+    const flatP = tf.concat(state.params.map((p) => tf.reshape(p, [-1])));
+    const flatG = tf.concat(grads.map((g) => tf.reshape(g, [-1])));
+    const updated = adamUpdate({ params: [flatP], m: [state.m], v: [state.v] }, [flatG], t, learningRate);
+    const newFlat = updated.params[0] as tf.Tensor;
+    const pieces = tf.split(newFlat, ctx.sizes).map((piece, i) => tf.reshape(piece, ctx.shapes[i] ?? []));
+    return { loss: value, params: pieces, m: updated.m[0] as tf.Tensor, v: updated.v[0] as tf.Tensor };
+  });
+}
+
 /**
  * Meta-trains a WeightFormer; returns the best model by validation accuracy.
  *
@@ -357,22 +414,14 @@ export async function metaTrain<A extends StudentArch = ArchitectureSpec>(
       const set = uploadSet(layoutConst, setArrays);
       let next: { loss: tf.Scalar; params: tf.Tensor[]; m: tf.Tensor; v: tf.Tensor };
       try {
-        next = tf.tidy(() => {
-          const batch: LossBatch = {
-            x: tf.tensor2d(xb, [batchSize, d]),
-            yOneHot: tf.tensor2d(yb, [batchSize, classes]),
-            kd: { probs: tf.tensor2d(pb, [batchSize, classes]), negEntropy: tf.tensor1d(hb), weight: o.kdWeight, temperature: o.temperature },
-          };
-          const { value, grads } = tf.valueAndGrads((...ps: tf.Tensor[]) =>
-            family.loss(studentRows(asParams(names, ps), layoutConst, set), layout, o.arch, batch, studentBn),
-          )(params);
-          const flatP = tf.concat(params.map((p) => tf.reshape(p, [-1])));
-          const flatG = tf.concat(grads.map((g) => tf.reshape(g, [-1])));
-          const updated = adamUpdate({ params: [flatP], m: [m], v: [v] }, [flatG], t, o.learningRate);
-          const newFlat = updated.params[0] as tf.Tensor;
-          const pieces = tf.split(newFlat, sizes).map((piece, i) => tf.reshape(piece, specs[i]?.shape ?? []));
-          return { loss: value, params: pieces, m: updated.m[0] as tf.Tensor, v: updated.v[0] as tf.Tensor };
-        });
+        next = metaStepTensors(
+          { names, shapes: specs.map((s) => s.shape), sizes, constants: layoutConst, arch: o.arch, family, studentBn },
+          { params, m, v },
+          set,
+          { x: xb, yOneHot: yb, kdProbs: pb, negEntropy: hb, n: batchSize, features: d, classes, kdWeight: o.kdWeight, temperature: o.temperature },
+          t,
+          o.learningRate,
+        );
       } finally {
         disposeSet(set);
       }

@@ -247,16 +247,16 @@ export function disposeSet(s: SetTensors): void {
   tf.dispose([...s.tokens, ...s.base, ...(s.rowsRDT ?? [])]);
 }
 
-type Params = Record<string, tf.Tensor>;
+export type Params = Record<string, tf.Tensor>;
 
-function param(p: Params, name: string): tf.Tensor {
+export function param(p: Params, name: string): tf.Tensor {
   const t = p[name];
   if (!t) throw new Error(`weightformer: parameter ${name} missing`);
   return t;
 }
 
 /** Layer norm over the last axis without gain and bias (those fold into the linear map that follows). */
-function norm(x: tf.Tensor2D): tf.Tensor2D {
+export function norm(x: tf.Tensor2D): tf.Tensor2D {
   const mu = tf.mean(x, 1, true);
   const xc = tf.sub(x, mu);
   const variance = tf.mean(tf.square(xc), 1, true);
@@ -264,7 +264,7 @@ function norm(x: tf.Tensor2D): tf.Tensor2D {
 }
 
 /** GELU (exact, via erf): smooth, so finite-difference checks of the whole model are meaningful. */
-function gelu(x: tf.Tensor): tf.Tensor {
+export function gelu(x: tf.Tensor): tf.Tensor {
   return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
 }
 

@@ -1,0 +1,202 @@
+/**
+ * The compute rig: one WeightFormer meta-training step (the batched model through `metaStepTensors`, the
+ * exact step `metaTrain` runs, or the plain port of bench/plain-port.ts) and one student training step,
+ * on whatever backend is active. Used by the suite (bench/suite.ts) and the GPU entry (bench/gpu-entry.ts).
+ *
+ * Shapes follow the prototype's meta-step (DESIGN.md "Compute backends"): MLP 784-64-10 students (74 rows),
+ * T teachers, d = 64 (the default config), a batch of consolidation digits. Teachers are freshly
+ * initialised MLPs: timing and kernel counts do not depend on what the teachers learned.
+ */
+import type { ArchitectureSpec } from '../src/spec/types';
+import { adamUpdate } from '../src/ml/adam';
+import { loadEmbeddedMnist } from '../src/ml/data';
+import { initMlp, paramsToTensors } from '../src/ml/mlp';
+import { deriveSeed } from '../src/ml/rng';
+import { tf } from '../src/ml/tf';
+import { mlpLoss, type LossBatch } from '../src/ml/train';
+import { weightformerConfig, type WeightformerConfig } from '../src/ml/weightformer/config';
+import { familyOf } from '../src/ml/weightformer/family';
+import { metaStepTensors, type MetaBatchArrays } from '../src/ml/weightformer/meta-train';
+import { disposeModelConstants, disposeSet, initWeightformer, modelConstants, paramSpecs, uploadSet, type ModelConstants, type SetTensors } from '../src/ml/weightformer/model';
+import { assembleSet, teacherFeatures } from '../src/ml/weightformer/tokens';
+import { plainMetaStep } from './plain-port';
+
+export type MetaStepImplementation = 'batched' | 'plain-port';
+
+export interface MetaStepShape {
+  teachers: number;
+  batchSize: number;
+  hidden: number[];
+  config?: Partial<WeightformerConfig>;
+  seed: number;
+}
+
+export const PROTOTYPE_SHAPE: MetaStepShape = { teachers: 4, batchSize: 256, hidden: [64], seed: 1 };
+
+/** A prepared step: `run` performs one step and reads its loss back (so the work is finished). */
+export interface StepRig {
+  /** One step; the new state replaces the old. Returns the loss. */
+  run(): Promise<number>;
+  /** The kernels one step dispatches, counted by `tf.profile` (not timed). */
+  kernels(): Promise<{ count: number; byName: Record<string, number> }>;
+  dispose(): void;
+}
+
+function mnistBatch(n: number, classes: number): MetaBatchArrays & { labels: Int32Array } {
+  const all = loadEmbeddedMnist();
+  const features = 784;
+  const x = all.x.slice(0, n * features);
+  const yOneHot = new Float32Array(n * classes);
+  const kdProbs = new Float32Array(n * classes).fill(1 / classes);
+  const negEntropy = new Float32Array(n).fill(-Math.log(classes));
+  for (let i = 0; i < n; i++) yOneHot[i * classes + (all.y[i] ?? 0)] = 1;
+  return { x, yOneHot, kdProbs, negEntropy, n, features, classes, kdWeight: 0.5, temperature: 2, labels: all.y.slice(0, n) };
+}
+
+function lossBatchOf(b: MetaBatchArrays): LossBatch {
+  return {
+    x: tf.tensor2d(b.x, [b.n, b.features]),
+    yOneHot: tf.tensor2d(b.yOneHot, [b.n, b.classes]),
+    kd: { probs: tf.tensor2d(b.kdProbs, [b.n, b.classes]), negEntropy: tf.tensor1d(b.negEntropy), weight: b.kdWeight, temperature: b.temperature },
+  };
+}
+
+async function countKernels(f: () => tf.TensorContainer): Promise<{ count: number; byName: Record<string, number> }> {
+  const info = await tf.profile(() => {
+    const out = f();
+    tf.dispose(out);
+    return [];
+  });
+  const byName: Record<string, number> = {};
+  for (const k of info.kernels) byName[k.name] = (byName[k.name] ?? 0) + 1;
+  return { count: info.kernels.length, byName };
+}
+
+export interface MetaStepRigParts {
+  arch: ArchitectureSpec;
+  constants: ModelConstants;
+  set: SetTensors;
+  names: string[];
+  params: tf.Tensor[];
+}
+
+/** The model, constants and one uploaded teacher set of `shape` (shared by both implementations). */
+export function metaStepParts(shape: MetaStepShape): MetaStepRigParts & { shapes: number[][]; sizes: number[]; config: WeightformerConfig } {
+  const arch: ArchitectureSpec = { family: 'mlp', inputSize: 784, hidden: shape.hidden, outputSize: 10, activation: 'relu' };
+  const config = weightformerConfig(shape.config ?? {});
+  const zoo = Array.from({ length: shape.teachers }, (_, i) => initMlp(arch, deriveSeed(shape.seed, 'bench-teacher', i)));
+  const model = initWeightformer(arch, config, zoo[0] ?? initMlp(arch, 0), zoo, deriveSeed(shape.seed, 'bench-weightformer'));
+  // Non-zero output adapters, as after training, so the whole graph (and its gradient) is exercised.
+  for (const s of paramSpecs(arch, config)) {
+    if (!s.name.startsWith('out.')) continue;
+    const v = model.params[s.name] as Float32Array;
+    for (let i = 0; i < v.length; i++) v[i] = Math.sin(i + 1) * 0.01;
+  }
+  const constants = modelConstants(model);
+  const family = familyOf(arch);
+  const features = zoo.map((p) => teacherFeatures(constants.layout, config, model.stats, family.align(model.reference, p)));
+  const set = uploadSet(constants, assembleSet(constants.layout, config, features));
+  const specs = paramSpecs(arch, config);
+  const params = specs.map((s) => tf.tensor(model.params[s.name] as Float32Array, s.shape, 'float32'));
+  return { arch, constants, set, names: specs.map((s) => s.name), params, shapes: specs.map((s) => s.shape), sizes: specs.map((s) => s.shape.reduce((a, b) => a * b, 1)), config };
+}
+
+/** A meta-training step of `implementation` on the active backend. */
+export function metaStepRig(shape: MetaStepShape, implementation: MetaStepImplementation): StepRig {
+  const parts = metaStepParts(shape);
+  const b = mnistBatch(shape.batchSize, parts.arch.outputSize);
+  const total = parts.sizes.reduce((a, c) => a + c, 0);
+  let t = 0;
+  const lr = 1e-4;
+  if (implementation === 'batched') {
+    const ctx = { names: parts.names, shapes: parts.shapes, sizes: parts.sizes, constants: parts.constants, arch: parts.arch, family: familyOf(parts.arch), studentBn: 'eval' as const };
+    let state = { params: parts.params, m: tf.zeros([total]) as tf.Tensor, v: tf.zeros([total]) as tf.Tensor };
+    const step = (): { loss: tf.Scalar; params: tf.Tensor[]; m: tf.Tensor; v: tf.Tensor } => metaStepTensors(ctx, state, parts.set, b, t + 1, lr);
+    return {
+      async run() {
+        const next = step();
+        tf.dispose([...state.params, state.m, state.v]);
+        state = { params: next.params, m: next.m, v: next.v };
+        t++;
+        const loss = (await next.loss.data())[0] ?? NaN;
+        next.loss.dispose();
+        return loss;
+      },
+      kernels: () => countKernels(() => { const n = step(); return [n.loss, ...n.params, n.m, n.v]; }),
+      dispose() {
+        tf.dispose([...state.params, state.m, state.v]);
+        disposeSet(parts.set);
+        disposeModelConstants(parts.constants);
+      },
+    };
+  }
+  let state = { params: parts.params, m: parts.params.map((p) => tf.zerosLike(p)), v: parts.params.map((p) => tf.zerosLike(p)) };
+  const step = (): { loss: tf.Scalar; params: tf.Tensor[]; m: tf.Tensor[]; v: tf.Tensor[] } =>
+    tf.tidy(() => plainMetaStep(parts.names, state, parts.constants, parts.set, parts.arch, lossBatchOf(b), t + 1, lr));
+  return {
+    async run() {
+      const next = step();
+      tf.dispose([...state.params, ...state.m, ...state.v]);
+      state = { params: next.params, m: next.m, v: next.v };
+      t++;
+      const loss = (await next.loss.data())[0] ?? NaN;
+      next.loss.dispose();
+      return loss;
+    },
+    kernels: () => countKernels(() => { const n = step(); return [n.loss, ...n.params, ...n.m, ...n.v]; }),
+    dispose() {
+      tf.dispose([...state.params, ...state.m, ...state.v]);
+      disposeSet(parts.set);
+      disposeModelConstants(parts.constants);
+    },
+  };
+}
+
+/** One student training step (MLP 784-hidden-10, CE + KD, Adam per tensor, as `trainMlp` steps). */
+export function studentStepRig(hidden: number[], batchSize: number, seed: number): StepRig {
+  const arch: ArchitectureSpec = { family: 'mlp', inputSize: 784, hidden, outputSize: 10, activation: 'relu' };
+  const b = mnistBatch(batchSize, 10);
+  const tensors = paramsToTensors(initMlp(arch, seed));
+  let params: tf.Tensor[] = tensors.layers.flatMap((l) => [l.w, l.b]);
+  let m = params.map((p) => tf.zerosLike(p));
+  let v = params.map((p) => tf.zerosLike(p));
+  let t = 0;
+  const step = (): { loss: tf.Scalar; params: tf.Tensor[]; m: tf.Tensor[]; v: tf.Tensor[] } =>
+    tf.tidy(() => {
+      const batch = lossBatchOf(b);
+      const { value, grads } = tf.valueAndGrads((...ps: tf.Tensor[]) =>
+        mlpLoss({ activation: 'relu', layers: arch.hidden.concat([10]).map((_, i) => ({ w: ps[2 * i] as tf.Tensor2D, b: ps[2 * i + 1] as tf.Tensor1D })) }, batch),
+      )(params);
+      const next = adamUpdate({ params, m, v }, grads, t + 1, 1e-3);
+      return { loss: value, params: next.params, m: next.m, v: next.v };
+    });
+  return {
+    async run() {
+      const next = step();
+      tf.dispose([...params, ...m, ...v]);
+      ({ params, m, v } = next);
+      t++;
+      const loss = (await next.loss.data())[0] ?? NaN;
+      next.loss.dispose();
+      return loss;
+    },
+    kernels: () => countKernels(() => { const n = step(); return [n.loss, ...n.params, ...n.m, ...n.v]; }),
+    dispose() {
+      tf.dispose([...params, ...m, ...v]);
+    },
+  };
+}
+
+/** Median ms per step over `reps` timed steps after `warmup` untimed ones (the first compiles shaders). */
+export async function msPerStep(rig: StepRig, warmup: number, reps: number): Promise<{ ms: number; samples: number[]; lastLoss: number }> {
+  let lastLoss = NaN;
+  for (let i = 0; i < warmup; i++) lastLoss = await rig.run();
+  const samples: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    lastLoss = await rig.run();
+    samples.push(performance.now() - t0);
+  }
+  const sorted = samples.slice().sort((a, b) => a - b);
+  return { ms: sorted[Math.floor(sorted.length / 2)] ?? NaN, samples, lastLoss };
+}
