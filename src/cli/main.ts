@@ -258,3 +258,24 @@ function failureChain(err: Error): string {
   }
   return parts.join(': ');
 }
+  program
+    .command('bench')
+    .description('run the benchmark suite (quality, teacher scaling, compute per backend, orchestration); writes bench/results/bench-<date>-<host>-<hhmm>.json and .md')
+    .option('--quick', 'reduced settings: under 5 minutes on 2 cores', false)
+    .option('--only <sections>', 'comma-separated subset of quality,scaling,compute,orchestration')
+    .option('--out <dir>', 'results folder (default bench/results)')
+    .action(async (opts: { quick: boolean; only?: string; out?: string }) => {
+      // Loaded only here: the suite pulls in the whole ML library and the bench rigs.
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { benchMain, parseSuiteArgs } = require('../../bench/suite') as typeof import('../../bench/suite');
+      const args = [...(opts.quick ? ['--quick'] : []), ...(opts.only ? ['--only', opts.only] : []), ...(opts.out ? ['--out', opts.out] : [])];
+      try {
+        parseSuiteArgs(args);
+      } catch (err) {
+        // A bad --only: say which, exit 2 like any other usage error.
+        process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+        exitCode = 2;
+        return;
+      }
+      exitCode = await benchMain(args);
+    });
