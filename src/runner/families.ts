@@ -4,7 +4,7 @@
  * statistics, store, read from a teacher file, register) without knowing which family it is.
  *
  * The jobs reach a runtime through `withFamily(arch, (rt, arch) => …)` (every family) or
- * `withStudentFamily` (the families the WeightFormer consolidates: mlp and cnn), whose callbacks are
+ * `withStudentFamily` (the families the WeightFormer consolidates: all four), whose callbacks are
  * generic in the family, so a job is written once and stays type-checked for each of them.
  *
  * Store format (one blob per model in the content-addressed store), chosen so that what a pipeline writes
@@ -329,8 +329,12 @@ export function withStudentFamily<R>(arch: ModelArchitecture, use: StudentFamily
       return use(MLP_RUNTIME, arch);
     case 'cnn':
       return use(CNN_RUNTIME, arch);
+    case 'resnet':
+      return use(RESNET_RUNTIME, arch);
+    case 'vit':
+      return use(VIT_RUNTIME, arch);
     default:
-      throw new InputError(`the WeightFormer supports the ${WEIGHTFORMER_FAMILIES.join(' and ')} families so far, not ${arch.family}`);
+      throw new InputError(`the WeightFormer supports the ${WEIGHTFORMER_FAMILIES.join(', ')} families, not ${String((arch as { family?: unknown }).family)}`);
   }
 }
 

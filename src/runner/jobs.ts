@@ -1,7 +1,7 @@
 /**
  * The ML jobs a stage activity runs in a worker thread, by name (`JOBS`). Each is written once for every
  * architecture family: it reaches its family's runtime (families.ts) through `withFamily`, or
- * `withStudentFamily` for the WeightFormer's jobs (mlp and cnn so far), so the MLP path calls exactly the
+ * `withStudentFamily` for the WeightFormer's jobs (every family), so the MLP path calls exactly the
  * functions it always called and gives the same bytes.
  */
 import type { ModelArchitecture, PipelineSpec } from '../spec/types';

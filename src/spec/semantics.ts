@@ -13,7 +13,7 @@ export const MNIST_CLASSES = 10;
 /** 32 × 32 × 3 pixels. */
 export const CIFAR_INPUT_SIZE = 3072;
 /** The families the WeightFormer consolidates (the runner's `withStudentFamily` refuses the others). */
-export const WEIGHTFORMER_FAMILIES: readonly ArchitectureFamily[] = ['mlp', 'cnn'];
+export const WEIGHTFORMER_FAMILIES: readonly ArchitectureFamily[] = ['mlp', 'cnn', 'resnet', 'vit'];
 export const MNIST_INPUT_SHAPE: [number, number, number] = [28, 28, 1];
 export const CIFAR_INPUT_SHAPE: [number, number, number] = [32, 32, 3];
 
@@ -68,8 +68,9 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
       related: ['/weightformer/mode'],
     });
   }
-  // The WeightFormer reads and writes rows of MLPs and CNNs only (src/ml/weightformer/family.ts); the
-  // runner would refuse the others at the weightformer stage, after training every teacher: say it here.
+  // The WeightFormer reads and writes rows of the families in WEIGHTFORMER_FAMILIES only
+  // (src/ml/weightformer/family.ts); the runner would refuse others at the weightformer stage, after
+  // training every teacher: say it here.
   const family = spec.architecture.family;
   if (!WEIGHTFORMER_FAMILIES.includes(family)) {
     const unsupported = `the WeightFormer supports the ${WEIGHTFORMER_FAMILIES.join(' and ')} families so far (architecture.family is '${family}'); ` +
@@ -86,6 +87,64 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
       pointer: '/zoo/count', at: 'value',
       message: `must be ≥ 1 when weightformer.mode is '${spec.weightformer.mode}': the WeightFormer is meta-trained on the zoo and keyed by it (got 0)`,
       related: ['/weightformer/mode'],
+    });
+  }
+  problems.push(...reuseAndTriggerProblems(spec));
+  return problems;
+}
+
+/**
+ * `weightformer.reuse` and `trigger`: a triggered consolidation reads its teachers from the registry and
+ * registers its student there, and must never train a WeightFormer on the way.
+ */
+function reuseAndTriggerProblems(spec: PipelineSpec): Problem[] {
+  const problems: Problem[] = [];
+  const wf = spec.weightformer;
+  if (wf.reuse !== undefined && wf.mode === 'none') {
+    problems.push({
+      pointer: '/weightformer/reuse', at: 'value',
+      message: "needs weightformer.mode 'train' or 'reuse' (got 'none': no WeightFormer is used)",
+      related: ['/weightformer/mode'],
+    });
+  }
+  const trigger = spec.trigger;
+  if (!trigger) return problems;
+  if ((trigger.teacherTag === undefined) === (trigger.teacherAlias === undefined)) {
+    problems.push({ pointer: '/trigger', at: 'value', message: 'must name its teachers by exactly one of teacherTag and teacherAlias' });
+  }
+  if (!spec.tracking.enabled) {
+    problems.push({
+      pointer: '/tracking/enabled', at: 'value',
+      message: 'must be true with a trigger: the teachers come from the MLflow registry and the student is registered there',
+      related: ['/trigger'],
+    });
+  }
+  if (spec.tracking.registerModel === '') {
+    problems.push({
+      pointer: '/tracking/registerModel', at: 'value',
+      message: 'must name the registered model the consolidated student goes to when the pipeline has a trigger',
+      related: ['/trigger'],
+    });
+  }
+  if (spec.teachers.source === 'files') {
+    problems.push({
+      pointer: '/teachers/source', at: 'value',
+      message: "must be 'train' (the default) with a trigger: the trigger supplies the teachers from the registry",
+      related: ['/trigger'],
+    });
+  }
+  if (spec.teachers.count < 2) {
+    problems.push({
+      pointer: '/teachers/count', at: 'value',
+      message: `must be ≥ 2 with a trigger: the newest teachers.count teacher versions are consolidated (got ${spec.teachers.count})`,
+      related: ['/trigger'],
+    });
+  }
+  if (wf.mode !== 'none' && wf.reuse === undefined) {
+    problems.push({
+      pointer: '/weightformer/mode', at: 'value',
+      message: "a pipeline with a trigger must take its WeightFormer from the registry (weightformer.reuse: auto or models:/…): a consolidation never trains one",
+      related: ['/trigger'],
     });
   }
   return problems;

@@ -2,7 +2,7 @@
  * Student families: everything WeightFormer needs to know about the networks it reads and writes.
  *
  * The model itself only sees rows (one per output unit, per layer; `tokens.ts`). What differs between an
- * MLP and a CNN — checking shapes, rows ↔ parameters, aligning teachers to the reference, the
+ * MLP, a CNN, a ResNet and a ViT (those two in family-image.ts) — checking shapes, rows ↔ parameters, aligning teachers to the reference, the
  * differentiable student inside meta-training, scoring a student on data, the reference's file format —
  * sits behind this adapter, chosen by `arch.family`. The MLP adapter calls exactly the functions the
  * MLP-only code called, so MLP results are bit for bit what they were.
@@ -10,6 +10,7 @@
 import { InputError } from '../../util/errors';
 import { alignToReference, alignedAverage, averageParams } from '../align';
 import type { CnnArchitecture, CnnParams } from '../cnn/architecture';
+import type { ResnetParams } from '../resnet/architecture';
 import { checkCnnArchitecture, checkCnnParamsMatch, cnnSignature } from '../cnn/architecture';
 import { alignCnnToReference, alignedAverageCnn, averageCnnParams } from '../cnn/align';
 import { cnnAccuracy, cnnLogits, predictCnnLogits, recomputeBnStatistics } from '../cnn/forward';
@@ -24,8 +25,10 @@ import { tf } from '../tf';
 import type { ArchitectureSpec } from '../../spec/types';
 import type { LossBatch } from '../train';
 import { mlpLoss } from '../train';
+import { recomputeResnetBnStatistics } from '../resnet/forward';
+import { RESNET_FAMILY, VIT_FAMILY, softmaxOfLogits } from './family-image';
 import type { Layout, ParamsOf, StudentArch, StudentParams } from './tokens';
-import { isCnnArch, isCnnParams, layoutOf, rowsOf, rowsToParams } from './tokens';
+import { isCnnArch, isCnnParams, layoutOf, paramsFamily, rowsOf, rowsToParams } from './tokens';
 
 export type { ParamsOf, StudentArch, StudentParams } from './tokens';
 export { isCnnArch, isCnnParams } from './tokens';
@@ -39,7 +42,7 @@ export { isCnnArch, isCnnParams } from './tokens';
 export type StudentBnMode = 'eval' | 'train';
 
 export interface StudentFamily {
-  readonly name: 'mlp' | 'cnn';
+  readonly name: 'mlp' | 'cnn' | 'resnet' | 'vit';
   /** Whether probe tokens (per-unit pre-activations on a probe batch) are defined for this family. */
   readonly probeTokens: boolean;
   /** InputError unless `arch` is a valid architecture of this family. */
@@ -77,7 +80,7 @@ export interface StudentFamily {
 }
 
 function mlpArch(arch: StudentArch): ArchitectureSpec {
-  if (isCnnArch(arch)) throw new InputError('expected an MLP architecture, got a CNN');
+  if (arch.family !== 'mlp') throw new InputError(`expected an MLP architecture, got family ${String(arch.family)}`);
   return arch;
 }
 
@@ -87,13 +90,14 @@ function cnnArch(arch: StudentArch): CnnArchitecture {
 }
 
 function mlpParams(p: StudentParams): MlpParams {
-  if (isCnnParams(p)) throw new InputError(`parameters are ${cnnSignature(p)} but the architecture is an MLP`);
+  if ('family' in p) throw new InputError(`parameters of the ${p.family} family but the architecture is an MLP`);
   return p;
 }
 
 function cnnParams(p: StudentParams): CnnParams {
-  if (!isCnnParams(p)) throw new InputError(`parameters are ${architectureSignature(p)} but the architecture is a CNN`);
-  return p;
+  if (isCnnParams(p)) return p;
+  const what = 'family' in p ? `of the ${p.family} family` : architectureSignature(p);
+  throw new InputError(`parameters are ${what} but the architecture is a CNN`);
 }
 
 /** The student rows as MLP tensors (w = first inSize columns transposed, b = last column). */
@@ -173,45 +177,38 @@ export const CNN_FAMILY: StudentFamily = {
   deserialize: (bytes) => deserializeCnnParams(bytes),
   logits: (rows, _layout, arch, x, bn) => cnnLogits(rowsToCnnTensors(rows, cnnArch(arch)), x, bn),
   loss: (rows, layout, arch, batch, bn) => lossOfLogits(CNN_FAMILY.logits(rows, layout, arch, batch.x, bn), batch),
-  predictProbs: async (p, ds, temperature) => {
-    if (!(temperature > 0)) throw new InputError(`temperature must be positive, got ${temperature}`);
-    const logits = await predictCnnLogits(cnnParams(p), ds);
-    const classes = ds.n > 0 ? logits.length / ds.n : 0;
-    const probs = tf.tidy(() => tf.softmax(tf.div(tf.tensor2d(logits, [ds.n, classes]), temperature)));
-    try {
-      return new Float32Array(await probs.data());
-    } finally {
-      probs.dispose();
-    }
-  },
+  predictProbs: async (p, ds, temperature) => softmaxOfLogits(await predictCnnLogits(cnnParams(p), ds), ds.n, temperature),
   accuracy: (p, ds) => cnnAccuracy(cnnParams(p), ds),
 };
 
 /** The adapter of `arch.family`; InputError for a family WeightFormer cannot consolidate. */
+const FAMILIES: Record<StudentFamily['name'], StudentFamily> = { mlp: MLP_FAMILY, cnn: CNN_FAMILY, resnet: RESNET_FAMILY, vit: VIT_FAMILY };
+
 export function familyOf(arch: StudentArch): StudentFamily {
   const family = (arch as { family?: unknown } | null)?.family;
-  if (family === 'mlp') return MLP_FAMILY;
-  if (family === 'cnn') return CNN_FAMILY;
-  throw new InputError(`WeightFormer cannot consolidate architecture family ${String(family)} (mlp or cnn)`);
+  const found = typeof family === 'string' && Object.hasOwn(FAMILIES, family) ? FAMILIES[family as StudentFamily['name']] : undefined;
+  if (!found) throw new InputError(`WeightFormer cannot consolidate architecture family ${String(family)} (${Object.keys(FAMILIES).join(', ')})`);
+  return found;
 }
 
 /** Whether WeightFormer can consolidate this architecture's family (narrows a wider architecture union). */
 export function isStudentArch(arch: { family: string }): arch is StudentArch {
-  return arch.family === 'mlp' || arch.family === 'cnn';
+  return Object.hasOwn(FAMILIES, arch.family);
 }
 
 /** The adapter of a parameter object. */
 export function familyOfParams(p: StudentParams): StudentFamily {
-  return isCnnParams(p) ? CNN_FAMILY : MLP_FAMILY;
+  return FAMILIES[paramsFamily(p)];
 }
 
 /**
  * A generated student with its BN running statistics re-estimated on `data` (train-mode passes of
  * `batchSize`, no gradient steps: the REPAIR step of DESIGN.md), as a separate step after
  * `generateStudent`, so a pipeline can report the student with its predicted statistics and with
- * recomputed ones. MLPs and CNNs without BN come back unchanged (a copy for CNNs).
+ * recomputed ones. MLPs, ViTs and CNNs without BN come back unchanged (a copy for CNNs); ResNets always have BN.
  */
 export async function recomputeStudentBn<P extends StudentParams>(student: P, data: Dataset, batchSize = 256): Promise<P> {
-  if (!isCnnParams(student)) return student;
-  return (await recomputeBnStatistics(student, data, batchSize)) as P;
+  if (isCnnParams(student)) return (await recomputeBnStatistics(student, data, batchSize)) as P;
+  if (paramsFamily(student) === 'resnet') return (await recomputeResnetBnStatistics(student as ResnetParams, data, batchSize)) as P;
+  return student;
 }

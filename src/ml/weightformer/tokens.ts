@@ -14,7 +14,12 @@ import type { CnnArchitecture, CnnParams } from '../cnn/architecture';
 import { cnnFlatSize } from '../cnn/architecture';
 import { cnnRowsLayout, cnnToRows } from '../cnn/rows';
 import type { MlpParams } from '../mlp';
+import type { ResnetArchitecture, ResnetParams } from '../resnet/architecture';
+import { resnetToRows } from '../resnet/rows';
+import type { VitArchitecture, VitParams } from '../vit/architecture';
+import { vitToRows } from '../vit/rows';
 import type { WeightformerConfig } from './config';
+import { resnetLayoutOf, vitLayoutOf } from './layouts';
 
 export interface LayerLayout {
   /** Output units of the layer = tokens per teacher. */
@@ -46,10 +51,21 @@ export interface Layout {
 }
 
 /** The student families a WeightFormer can read and write (dispatch on `family`). */
-export type StudentArch = ArchitectureSpec | CnnArchitecture;
-export type StudentParams = MlpParams | CnnParams;
+export type StudentArch = ArchitectureSpec | CnnArchitecture | ResnetArchitecture | VitArchitecture;
+export type StudentParams = MlpParams | CnnParams | ResnetParams | VitParams;
 /** The parameters of an architecture type: `ParamsOf<ArchitectureSpec>` is `MlpParams`. */
-export type ParamsOf<A extends StudentArch> = A extends CnnArchitecture ? CnnParams : MlpParams;
+export type ParamsOf<A extends StudentArch> = A extends CnnArchitecture
+  ? CnnParams
+  : A extends ResnetArchitecture
+    ? ResnetParams
+    : A extends VitArchitecture
+      ? VitParams
+      : MlpParams;
+
+/** The family of a parameter object (MLP parameters carry no `family` field). */
+export function paramsFamily(p: StudentParams): 'mlp' | 'cnn' | 'resnet' | 'vit' {
+  return 'family' in p ? p.family : 'mlp';
+}
 
 export function isCnnParams(p: StudentParams): p is CnnParams {
   return (p as CnnParams).family === 'cnn';
@@ -59,13 +75,30 @@ export function isCnnArch(arch: StudentArch): arch is CnnArchitecture {
   return arch.family === 'cnn';
 }
 
-/** The rows of any student (MLP: `teacherRows`; CNN: `cnnToRows`). */
+/** The rows of any student (MLP: `teacherRows`; CNN: `cnnToRows`; ResNet, ViT: their rows views). */
 export function rowsOf(p: StudentParams): Float32Array[] {
-  return isCnnParams(p) ? cnnToRows(p) : teacherRows(p);
+  if (!('family' in p)) return teacherRows(p);
+  switch (p.family) {
+    case 'cnn':
+      return cnnToRows(p);
+    case 'resnet':
+      return resnetToRows(p);
+    case 'vit':
+      return vitToRows(p);
+  }
 }
 
 export function layoutOf(arch: StudentArch): Layout {
-  return isCnnArch(arch) ? cnnLayoutOf(arch) : mlpLayoutOf(arch);
+  switch (arch.family) {
+    case 'cnn':
+      return cnnLayoutOf(arch);
+    case 'resnet':
+      return resnetLayoutOf(arch);
+    case 'vit':
+      return vitLayoutOf(arch);
+    default:
+      return mlpLayoutOf(arch);
+  }
 }
 
 function cnnLayoutOf(arch: CnnArchitecture): Layout {
@@ -280,7 +313,7 @@ export function zooStats(
 
 /** Probe tokens are defined for MLPs only (a CNN unit's pre-activation is a whole feature map). */
 function mlpOnly(p: StudentParams): MlpParams {
-  if (isCnnParams(p)) throw new InputError('probe tokens are not supported for CNN students (turn weightformer.probeTokens off)');
+  if ('family' in p) throw new InputError(`probe tokens are not supported for ${p.family} students (turn weightformer.probeTokens off)`);
   return p;
 }
 
