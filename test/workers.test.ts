@@ -154,7 +154,7 @@ stages: {teachers: {resources: {gpu: true}}, finetune: {resources: {gpu: true}}}
   it('hands a killed worker’s stage to the other worker, which resumes it from the last checkpoint', async () => {
     // The heartbeat timeout is how long the server waits before handing the stage on; it is generous because
     // a loaded test machine can delay a live worker's heartbeats by seconds.
-    const loaded = tinySpec(`teachers: {count: 2, train: {epochs: 60, batchSize: 10, checkpointEvery: ${CHECKPOINT_EVERY}}}
+    const loaded = tinySpec(`teachers: {count: 2, train: {epochs: 150, batchSize: 10, checkpointEvery: ${CHECKPOINT_EVERY}}}
 stages: {default: {heartbeatTimeout: '15s', retry: {initialInterval: '500ms', maximumAttempts: 5}}}`, 'test-workers-kill');
     const input: PipelineInput = { spec: loaded.spec, specHash: loaded.hash, noCache: true, queuePrefix: PREFIX };
     const handle = await start(input, 'workers-kill');
