@@ -5,7 +5,8 @@ import { computeBaselinesActivity } from './baselines';
 import { evaluatePipelineActivity } from './evaluate';
 import { trackingActivities } from './tracking';
 import { trainZooActivity } from './zoo';
-import { trainWeightformerActivity } from './weightformer';
+import { reuseWeightformerActivity, trainWeightformerActivity } from './weightformer';
+import { registryActivities } from './registry';
 import type { ActivityDeps } from './common';
 
 export type { ActivityDeps } from './common';
@@ -16,11 +17,13 @@ export function createActivities(deps: ActivityDeps) {
     trainTeachers: trainTeachersActivity(deps),
     trainZoo: trainZooActivity(deps),
     trainWeightformer: trainWeightformerActivity(deps),
+    reuseRegisteredWeightformer: reuseWeightformerActivity(deps),
     generateStudent: generateStudentActivity(deps),
     finetuneStudent: finetuneStudentActivity(deps),
     computeBaselines: computeBaselinesActivity(deps),
     evaluatePipeline: evaluatePipelineActivity(deps),
     ...trackingActivities(deps),
+    ...registryActivities(deps),
   };
 }
 

@@ -74,7 +74,7 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
   let handle: TrackingHandle | null = null;
   const artifacts: Record<string, Ref | Ref[]> = {};
   const metrics: Record<string, number> = {};
-  const tags: Record<string, string> = {};
+  const tags: Record<string, string> = { ...(input.tags ?? {}) };
 
   const runStage = async (stage: StageName, call: (input: StageInput) => Promise<StageOutput>): Promise<StageOutput> => {
     progress.stage = stage;
@@ -111,9 +111,13 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
       );
     }
     await runStage('teachers', (i) => stageActivities('teachers').trainTeachers(i));
-    if (spec.zoo.count > 0) await runStage('zoo', (i) => stageActivities('zoo').trainZoo(i));
+    // A WeightFormer taken from the registry needs no zoo, and its stage only downloads it.
+    const reused = spec.weightformer.mode !== 'none' && spec.weightformer.reuse !== undefined;
+    if (reused) skip('zoo', `weightformer.reuse is ${spec.weightformer.reuse}: the WeightFormer comes from the registry, no zoo is trained`);
+    else if (spec.zoo.count > 0) await runStage('zoo', (i) => stageActivities('zoo').trainZoo(i));
     else skip('zoo', 'zoo.count is 0: no meta-training pool');
-    if (spec.weightformer.mode !== 'none') await runStage('weightformer', (i) => stageActivities('weightformer').trainWeightformer(i));
+    if (reused) await runStage('weightformer', (i) => stageActivities('weightformer').reuseRegisteredWeightformer(i));
+    else if (spec.weightformer.mode !== 'none') await runStage('weightformer', (i) => stageActivities('weightformer').trainWeightformer(i));
     else skip('weightformer', 'weightformer.mode is none: the student is the aligned average');
     await runStage('generate', (i) => stageActivities('generate').generateStudent(i));
     if (spec.finetune.enabled) await runStage('finetune', (i) => stageActivities('finetune').finetuneStudent(i));

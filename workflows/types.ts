@@ -35,6 +35,8 @@ export interface PipelineInput {
   /** MLflow run a sweep cell nests under. */
   parentRunId?: string;
   parentExperimentId?: string;
+  /** Tags the pipeline's MLflow run gets besides its own (a triggered consolidation's lineage). */
+  tags?: Record<string, string>;
 }
 
 export interface StageInput {
@@ -107,4 +109,62 @@ export interface StageHeartbeat {
   etaSeconds?: number;
   /** What a retried attempt resumes from (references into the store). */
   checkpoint?: unknown;
+}
+
+/** One consolidation the watcher runs: the newest teacher versions and the child pipeline's spec. */
+export interface ConsolidationPlan {
+  /** `<registered model>/<version>`, oldest first. */
+  teacherVersions: string[];
+  spec: PipelineSpec;
+  specHash: string;
+}
+
+/** What one poll of the registry found. */
+export interface TeacherPoll {
+  /** Every teacher version (`<name>/<version>`), oldest first. */
+  teacherVersions: string[];
+  /** The consolidation of the newest ones; null while fewer than 2 exist. */
+  plan: ConsolidationPlan | null;
+}
+
+/** Where a registered student came from (its model version's lineage tags). */
+export interface StudentLineage {
+  teacherVersions: string[];
+  /** `models:/<name>/<version>` of the WeightFormer that generated it; null without one. */
+  weightformerVersion: string | null;
+  specHash: string;
+  workflowId: string;
+  watcherWorkflowId: string;
+}
+
+/** One finished consolidation, as the watcher reports it. */
+export interface ConsolidationRecord {
+  teacherVersions: string[];
+  workflowId: string;
+  /** The registered student version (`<name>/<version>`). */
+  studentVersion: string | null;
+  weightformerVersion: string | null;
+}
+
+export interface WatchInput {
+  /** The pipeline file's spec, with its `trigger`. */
+  spec: PipelineSpec;
+  specHash: string;
+  file?: string;
+  queuePrefix?: string;
+  /** Carried over a continue-as-new: the teacher set consolidated last (so it is not consolidated again). */
+  lastTeacherVersions?: string[];
+  consolidations?: ConsolidationRecord[];
+  /** Polls done by earlier runs of this watcher (the count goes on across continue-as-new). */
+  pollsBefore?: number;
+}
+
+export interface WatchStatus {
+  state: 'watching' | 'consolidating' | 'stopped';
+  polls: number;
+  /** Teacher versions seen at the last poll. */
+  teacherVersions: string[];
+  consolidations: ConsolidationRecord[];
+  /** The last consolidation's failure, if it failed (the watcher keeps watching). */
+  lastError?: string;
 }

@@ -10,7 +10,8 @@ import { followPipeline, readLiveStatus } from './follow';
 import { renderResultTable } from './table';
 import { cancelSignal } from '../../workflows/pipeline';
 import { taskQueueName } from '../../workflows/queues';
-import type { PipelineInput, PipelineResult } from '../../workflows/types';
+import { pollNowSignal, stopWatchSignal, watchStatusQuery } from '../../workflows/watch';
+import type { PipelineInput, PipelineResult, WatchInput } from '../../workflows/types';
 
 /** Where local state (Temporal DB, MLflow store, artifacts) lives unless told otherwise. */
 function stateDir(opt?: string): string {
@@ -130,6 +131,83 @@ async function workerCommand(opts: { queue: TaskQueue; stateDir?: string }): Pro
     temporalAddress: address,
     taskQueue: opts.queue,
     queuePrefix: queuePrefix(),
+/**
+ * `weightformer watch FILE`: starts the registry watcher of a pipeline file with a `trigger` (one watcher
+ * per file and spec: its workflow id is `watch-<name>-<hash>`), or, when it already runs, signals it to
+ * poll now (signal-with-start). With TEMPORAL_ADDRESS set it returns at once; without it, the embedded
+ * stack and an in-process worker serve the watcher until Ctrl-C, printing each consolidation. `--stop`
+ * ends a running watcher.
+ */
+async function watchCommand(file: string, opts: { stop: boolean; stateDir?: string }): Promise<number> {
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const loaded = loadPipelineFile(file);
+  if (!loaded.spec.trigger) {
+    log(`${file}: no trigger block: \`weightformer watch\` needs trigger.registeredModel and teacherTag or teacherAlias`);
+    return 2;
+  }
+  const workflowId = `watch-${loaded.spec.name}-${loaded.hash.slice(0, 12)}`;
+  const external = process.env.TEMPORAL_ADDRESS || undefined;
+  if (opts.stop) {
+    const client = await connectClient(requireAddress());
+    await client.workflow.getHandle(workflowId).signal(stopWatchSignal);
+    log(`stop signal sent to ${workflowId}`);
+    return 0;
+  }
+  let stack: EmbeddedStack | null = null;
+  const stops: Array<() => Promise<void>> = [];
+  try {
+    if (!external) {
+      stack = await startEmbeddedStack({ stateDir: stateDir(opts.stateDir), mlflowUrl: process.env.MLFLOW_TRACKING_URI || undefined, log });
+      stops.push(() => stack!.stop());
+    }
+    const address = external ?? stack!.temporalAddress;
+    const client = await connectClient(address);
+    if (stack) {
+      const worker = await createPipelineWorker({
+        temporalAddress: address, taskQueue: 'cpu', queuePrefix: queuePrefix(), storeRoot: storeRoot(stateDir(opts.stateDir)),
+        mlflowUrl: process.env.MLFLOW_TRACKING_URI || stack.mlflowUrl,
+      });
+      const running = worker.run();
+      stops.unshift(async () => {
+        worker.shutdown();
+        await running;
+      });
+    }
+    const input: WatchInput = { spec: loaded.spec, specHash: loaded.hash, file: path.resolve(file), queuePrefix: queuePrefix() };
+    const handle = await client.workflow.signalWithStart('watch', {
+      taskQueue: taskQueueName('cpu', queuePrefix()),
+      workflowId,
+      args: [input],
+      signal: pollNowSignal,
+      signalArgs: [],
+    });
+    const trigger = loaded.spec.trigger;
+    const marks = trigger.teacherTag ? `tag ${trigger.teacherTag.key}=${trigger.teacherTag.value}` : `alias ${trigger.teacherAlias}`;
+    log(`watching ${trigger.registeredModel} (teachers: ${marks}) every ${trigger.pollInterval} in workflow ${workflowId}`);
+    if (!stack) return 0;
+    // Local mode: report each consolidation until interrupted.
+    let reported = 0;
+    let interrupted = false;
+    const onSignal = () => {
+      interrupted = true;
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    while (!interrupted) {
+      const status = await handle.query(watchStatusQuery).catch(() => null);
+      for (const c of status?.consolidations.slice(reported) ?? []) {
+        log(`consolidated ${c.teacherVersions.join(', ')} → student ${c.studentVersion ?? '(not registered)'} with WeightFormer ${c.weightformerVersion ?? '(none)'} (${c.workflowId})`);
+      }
+      if (status) reported = status.consolidations.length;
+      if (status?.lastError) log(`last consolidation failed: ${status.lastError}`);
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+    return 0;
+  } finally {
+    for (const stop of stops) await stop().catch(() => undefined);
+  }
+}
+
     storeRoot: storeRoot(stateDir(opts.stateDir)),
     mlflowUrl: process.env.MLFLOW_TRACKING_URI || null,
     identity: process.env.WEIGHTFORMER_WORKER_IDENTITY || undefined,
@@ -214,6 +292,15 @@ export async function main(argv: string[]): Promise<void> {
     .option('--state-dir <dir>', 'local state directory')
     .action(async (opts: { queue: TaskQueue; stateDir?: string }) => {
       exitCode = await workerCommand(opts);
+  program
+    .command('watch')
+    .argument('<file>', 'pipeline file with a trigger block')
+    .description('start (or signal) the registry watcher that consolidates new teacher versions (embedded local stack unless TEMPORAL_ADDRESS is set)')
+    .option('--stop', 'stop the running watcher of this file', false)
+    .option('--state-dir <dir>', 'local state directory (default .weightformer or WEIGHTFORMER_STATE_DIR)')
+    .action(async (file: string, opts: { stop: boolean; stateDir?: string }) => {
+      exitCode = await watchCommand(file, opts);
+    });
     });
   program
     .command('status')

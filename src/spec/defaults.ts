@@ -127,7 +127,15 @@ export function applyDefaults(input: RawPipeline): PipelineSpec {
   if (isArchitectureFamily(family)) {
     for (const [key, value] of Object.entries(ARCHITECTURE_DEFAULTS[family])) codeDefaults.set(`/architecture/${key}`, value);
   }
-  const out = fill(PIPELINE_SCHEMA, raw, '', codeDefaults, new Set(['stages', 'matrix'])) as Record<string, unknown>;
+  const out = fill(PIPELINE_SCHEMA, raw, '', codeDefaults, new Set(['stages', 'matrix', 'trigger'])) as Record<string, unknown>;
+  // `trigger` is filled only when written: a pipeline without one keeps the spec (and hash) it always had.
+  if (raw['trigger'] !== undefined) {
+    // (`teacherTag` only when written, too: it and `teacherAlias` are alternatives.)
+    const rawTrigger = isPlainObject(raw['trigger']) ? raw['trigger'] : {};
+    const trigger = fill(PIPELINE_SCHEMA.properties!['trigger']!, rawTrigger, '/trigger', codeDefaults, new Set(['teacherTag'])) as Record<string, unknown>;
+    if (rawTrigger['teacherTag'] !== undefined) trigger['teacherTag'] = clone(rawTrigger['teacherTag']);
+    out['trigger'] = trigger;
+  }
 
   const stageSchema = PIPELINE_SCHEMA.definitions!['stageOptions']!;
   const rawStages = isPlainObject(raw['stages']) ? raw['stages'] : {};

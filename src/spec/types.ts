@@ -118,6 +118,11 @@ export interface WeightformerTrainSpec {
 export interface WeightformerSpec {
   /** `none`: the student is the aligned average; `train`: meta-train (or reuse the cached one); `reuse`: cached only. */
   mode: 'none' | 'train' | 'reuse';
+  /**
+   * Take the WeightFormer from the MLflow registry (no zoo, no training): `auto` (found by the registry
+   * name derived from the architecture and zoo) or a `models:/<name>/<version>` / `models:/<name>@<alias>`.
+   */
+  reuse?: string;
   validationTeachers: number;
   validationEnsembles: number;
   model: WeightformerModelSpec;
@@ -200,6 +205,19 @@ export type StagesSpec = Record<StageName, StageOptions>;
 /** A sweep: each key is a dotted path into the spec, each value the list of values it takes. */
 export type MatrixSpec = Record<string, Array<string | number | boolean>>;
 
+/** Registry-triggered consolidation: which versions of which registered model are the teachers. */
+export interface TriggerSpec {
+  registeredModel: string;
+  /** Versions carrying this tag are teachers (exactly one of teacherTag and teacherAlias is set). */
+  teacherTag?: { key: string; value: string };
+  /** Versions holding this alias, or one starting with `<teacherAlias>-`, are teachers. */
+  teacherAlias?: string;
+  /** A duration, e.g. `30s`. */
+  pollInterval: string;
+  /** Polls before the watcher workflow continues as new. */
+  pollsPerRun: number;
+}
+
 export interface PipelineSpec {
   version: 1;
   name: string;
@@ -217,6 +235,8 @@ export interface PipelineSpec {
   compute: ComputeSpec;
   stages: StagesSpec;
   matrix: MatrixSpec;
+  /** Only in pipelines run by `weightformer watch`; absent otherwise (so other specs' hashes are unchanged). */
+  trigger?: TriggerSpec;
 }
 
 /** A validated, defaulted spec with its identity. */

@@ -842,6 +842,11 @@ export class MlflowClient {
     const r = await this.get('/api/2.0/mlflow/registered-models/alias', { name, alias });
     return toModelVersion((r.model_version ?? {}) as Json);
   }
+
+  /** Set (or overwrite) one tag of a model version; repeating it is a no-op. */
+  async setModelVersionTag(name: string, version: string | number, key: string, value: string): Promise<void> {
+    await this.post('/api/2.0/mlflow/model-versions/set-tag', { name, version: String(version), key, value });
+  }
 }
 
 export interface SearchRunsOptions {
