@@ -9,9 +9,8 @@
  */
 import type { ArchitectureSpec } from '../src/spec/types';
 import { adamUpdate } from '../src/ml/adam';
-import { loadEmbeddedMnist } from '../src/ml/data';
 import { initMlp, paramsToTensors } from '../src/ml/mlp';
-import { deriveSeed } from '../src/ml/rng';
+import { Rng, deriveSeed } from '../src/ml/rng';
 import { tf } from '../src/ml/tf';
 import { mlpLoss, type LossBatch } from '../src/ml/train';
 import { weightformerConfig, type WeightformerConfig } from '../src/ml/weightformer/config';
@@ -42,15 +41,20 @@ export interface StepRig {
   dispose(): void;
 }
 
-function mnistBatch(n: number, classes: number): MetaBatchArrays & { labels: Int32Array } {
-  const all = loadEmbeddedMnist();
+/**
+ * A batch of seeded random "digits" (pixels in [0, 1], labels 0–9) with uniform soft targets: timing and
+ * kernel counts do not depend on the pixels, and leaving the embedded MNIST out keeps the GPU bundle small.
+ */
+function syntheticBatch(n: number, classes: number, seed: number): MetaBatchArrays {
+  const rng = new Rng(deriveSeed(seed, 'bench-batch'));
   const features = 784;
-  const x = all.x.slice(0, n * features);
+  const x = new Float32Array(n * features);
+  for (let i = 0; i < x.length; i++) x[i] = rng.nextFloat();
   const yOneHot = new Float32Array(n * classes);
+  for (let i = 0; i < n; i++) yOneHot[i * classes + rng.nextInt(classes)] = 1;
   const kdProbs = new Float32Array(n * classes).fill(1 / classes);
   const negEntropy = new Float32Array(n).fill(-Math.log(classes));
-  for (let i = 0; i < n; i++) yOneHot[i * classes + (all.y[i] ?? 0)] = 1;
-  return { x, yOneHot, kdProbs, negEntropy, n, features, classes, kdWeight: 0.5, temperature: 2, labels: all.y.slice(0, n) };
+  return { x, yOneHot, kdProbs, negEntropy, n, features, classes, kdWeight: 0.5, temperature: 2 };
 }
 
 function lossBatchOf(b: MetaBatchArrays): LossBatch {
@@ -104,7 +108,7 @@ export function metaStepParts(shape: MetaStepShape): MetaStepRigParts & { shapes
 /** A meta-training step of `implementation` on the active backend. */
 export function metaStepRig(shape: MetaStepShape, implementation: MetaStepImplementation): StepRig {
   const parts = metaStepParts(shape);
-  const b = mnistBatch(shape.batchSize, parts.arch.outputSize);
+  const b = syntheticBatch(shape.batchSize, parts.arch.outputSize, shape.seed);
   const total = parts.sizes.reduce((a, c) => a + c, 0);
   let t = 0;
   const lr = 1e-4;
@@ -155,7 +159,7 @@ export function metaStepRig(shape: MetaStepShape, implementation: MetaStepImplem
 /** One student training step (MLP 784-hidden-10, CE + KD, Adam per tensor, as `trainMlp` steps). */
 export function studentStepRig(hidden: number[], batchSize: number, seed: number): StepRig {
   const arch: ArchitectureSpec = { family: 'mlp', inputSize: 784, hidden, outputSize: 10, activation: 'relu' };
-  const b = mnistBatch(batchSize, 10);
+  const b = syntheticBatch(batchSize, 10, seed);
   const tensors = paramsToTensors(initMlp(arch, seed));
   let params: tf.Tensor[] = tensors.layers.flatMap((l) => [l.w, l.b]);
   let m = params.map((p) => tf.zerosLike(p));
