@@ -7,6 +7,7 @@ import { trackingActivities } from './tracking';
 import { trainZooActivity } from './zoo';
 import { reuseWeightformerActivity, trainWeightformerActivity } from './weightformer';
 import { registryActivities } from './registry';
+import { reportActivities } from './report';
 import type { ActivityDeps } from './common';
 
 export type { ActivityDeps } from './common';
@@ -24,6 +25,7 @@ export function createActivities(deps: ActivityDeps) {
     evaluatePipeline: evaluatePipelineActivity(deps),
     ...trackingActivities(deps),
     ...registryActivities(deps),
+    ...reportActivities(deps),
   };
 }
 

@@ -6,6 +6,7 @@ import {
   defineSignal,
   executeChild,
   isCancellation,
+  patched,
   proxyActivities,
   setHandler,
   workflowInfo,
@@ -19,6 +20,7 @@ import type {
   PipelineInput,
   PipelineProgress,
   PipelineResult,
+  ReportStatus,
   Ref,
   StageInput,
   StageName,
@@ -124,10 +126,19 @@ export async function pipeline(input: PipelineInput): Promise<PipelineResult> {
     else skip('finetune', 'finetune.enabled is false');
     await runStage('baselines', (i) => stageActivities('baselines').computeBaselines(i));
     await runStage('evaluate', (i) => stageActivities('evaluate').evaluatePipeline(i));
+    // Histories recorded before reports existed replay without this call.
+    let report: ReportStatus | undefined;
+    if (patched('html-report')) {
+      const finalHandle = handle;
+      report = await stagesScope.run(() =>
+        writeReportOrNote(tracking, { spec, specHash: input.specHash, workflowId, tracking: finalHandle, metrics: { ...metrics }, tags: { ...tags }, stages: { ...progress.stages } }),
+      );
+      if (report.ref) artifacts.report = report.ref;
+    }
     if (handle) await runStage('track', (i) => tracking.finishTracking({ ...i, status: 'FINISHED', metrics: { ...metrics }, tags: { ...tags } }));
     else skip('track', 'tracking.enabled is false');
     progress.state = 'completed';
-    return { status: 'completed', workflowId, mlflowRunId: handle?.runId ?? null, mlflowExperimentId: handle?.experimentId ?? null, metrics, tags, stages: progress.stages, artifacts };
+    return { status: 'completed', workflowId, mlflowRunId: handle?.runId ?? null, mlflowExperimentId: handle?.experimentId ?? null, metrics, tags, stages: progress.stages, artifacts, ...(report ? { report } : {}) };
   } catch (err) {
     progress.state = isCancellation(err) ? 'cancelled' : 'failed';
     if (handle) {
@@ -184,8 +195,34 @@ async function sweep(input: PipelineInput): Promise<PipelineResult> {
       await continueAsNew<typeof pipeline>({ ...input, completedCells: completed });
     }
   }
+  let report: ReportStatus | undefined;
+  if (patched('html-report')) {
+    const reporting = proxyActivities<Activities>(stageActivityOptions({ ...input.spec.stages.track, resources: { gpu: false } }, input.queuePrefix));
+    report = await scope.run(() =>
+      writeReportOrNote(reporting, { spec: input.spec, specHash: input.specHash, workflowId, tracking: null, metrics: {}, tags: {}, stages: {}, cells: completed }),
+    );
+  }
   progress.state = 'completed';
-  return { status: 'completed', workflowId, mlflowRunId: null, mlflowExperimentId: null, metrics: {}, tags: {}, stages: {}, artifacts: {}, cells: completed };
+  return {
+    status: 'completed', workflowId, mlflowRunId: null, mlflowExperimentId: null, metrics: {}, tags: {}, stages: {},
+    artifacts: report?.ref ? { report: report.ref } : {}, cells: completed, ...(report ? { report } : {}),
+  };
+}
+
+/**
+ * Writes the HTML report. A report that cannot be written (after the activity's retries) does not fail a
+ * pipeline whose stages all succeeded: the student and its metrics are already stored and tracked, and
+ * failing would mark good results failed and have a rerun start over. The failure is not hidden either:
+ * it is returned with its reason, in the result and the CLI's output. Cancellation still propagates.
+ */
+async function writeReportOrNote(activities: Pick<Activities, 'writeReport'>, request: Parameters<Activities['writeReport']>[0]): Promise<ReportStatus> {
+  try {
+    const out = await activities.writeReport(request);
+    return { state: 'written', ref: out.ref, mlflowRunId: out.mlflowRunId, artifactPath: out.artifactPath };
+  } catch (err) {
+    if (isCancellation(err)) throw err;
+    return { state: 'failed', note: failureMessage(err) };
+  }
 }
 
 function failureMessage(err: unknown): string {

@@ -98,6 +98,19 @@ export interface PipelineResult {
   /** Artifact references of the outputs (student, report). */
   artifacts: Record<string, Ref | Ref[]>;
   cells?: CellResult[];
+  /** The HTML report: where it was written, or why it was not. Absent in runs recorded before reports. */
+  report?: ReportStatus;
+}
+
+export interface ReportStatus {
+  state: 'written' | 'failed';
+  /** The HTML in the artifact store (also `artifacts.report`). */
+  ref?: Ref;
+  /** The MLflow run holding it as `artifactPath`. */
+  mlflowRunId?: string | null;
+  artifactPath?: string | null;
+  /** Why it was not written. */
+  note?: string;
 }
 
 /** Heartbeat details of a long stage: read by the CLI through describe(), never stored in history. */

@@ -8,6 +8,7 @@ import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { createPipelineWorker, type TaskQueue } from '../worker/worker';
 import { followPipeline, readLiveStatus } from './follow';
 import { renderResultTable } from './table';
+import { saveRunReport } from '../report/save';
 import { cancelSignal } from '../../workflows/pipeline';
 import { taskQueueName } from '../../workflows/queues';
 import { pollNowSignal, stopWatchSignal, watchStatusQuery } from '../../workflows/watch';
@@ -107,13 +108,19 @@ async function runCommand(file: string, opts: RunOptions): Promise<number> {
       temporal: stack ? `${stack.temporalUiUrl}/namespaces/default/workflows/${workflowId}` : null,
       mlflow: mlflowUrl && result.mlflowRunId ? `${mlflowUrl}/#/experiments/${result.mlflowExperimentId}/runs/${result.mlflowRunId}` : null,
     };
+    // The HTML report as a local file (its MLflow artifact is report/report.html of the run).
+    const report = await saveRunReport(result, { stateDir: state, storeRoot: storeRoot(state), mlflowUrl }).catch((err: unknown) => ({
+      file: null,
+      note: `copying the report failed: ${err instanceof Error ? err.message : String(err)}`,
+    }));
     if (opts.json) {
       process.stdout.write(
-        `${JSON.stringify({ status: result.status, workflowId, mlflowRunId: result.mlflowRunId, backend: result.tags['weightformer.backend'] ?? result.cells?.[0]?.tags['weightformer.backend'], metrics: result.metrics, report: result.artifacts.report ?? undefined, cells: result.cells })}\n`,
+        `${JSON.stringify({ status: result.status, workflowId, mlflowRunId: result.mlflowRunId, backend: result.tags['weightformer.backend'] ?? result.cells?.[0]?.tags['weightformer.backend'], metrics: result.metrics, report: report.file ?? undefined, reportNote: report.note, reportRef: result.artifacts.report ?? undefined, cells: result.cells })}\n`,
       );
     } else {
       process.stdout.write(`${renderResultTable(result)}\n`);
       if (links.mlflow) process.stdout.write(`MLflow run:   ${links.mlflow}\n`);
+      process.stdout.write(report.file ? `Report:       ${report.file}\n` : `Report:       not written: ${report.note}\n`);
       if (links.temporal) process.stdout.write(`Temporal UI:  ${links.temporal}\n`);
     }
     return 0;

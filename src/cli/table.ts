@@ -1,7 +1,7 @@
 import type { PipelineResult } from '../../workflows/types';
 
 /** Rows of the baseline table, in reading order: what the student is compared against. */
-const ACCURACY_ROWS: Array<[string, string]> = [
+export const ACCURACY_ROWS: Array<[string, string]> = [
   ['acc.teacher_mean', 'mean single teacher'],
   ['acc.ensemble', 'ensemble (averaged softmax)'],
   ['acc.avg_naive', 'naive weight average'],

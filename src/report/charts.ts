@@ -57,7 +57,7 @@ export function accuracyChartSpec(points: AccuracyPoint[]): VegaLiteSpec {
   const pad = Math.max(0.005, (high - low) * 0.08);
   const domain = [Math.max(0, low - pad), Math.min(1, high + pad * 3)];
   const x = { field: 'accuracy', type: 'quantitative', title: 'test accuracy', scale: { domain, zero: false }, axis: { format: '.1%' } };
-  const y = { field: 'label', type: 'nominal', title: null, sort: null, axis: { labelLimit: 280 } };
+  const y = { field: 'label', type: 'nominal', title: null, sort: null, axis: { labelLimit: 400 } };
   return {
     width: WIDTH,
     height: { step: 24 },

@@ -33,7 +33,8 @@ export function baselineRows(metrics: Record<string, number>): BaselineRow[] {
 
 function kindOf(metric: string): AccuracyPoint['kind'] {
   if (metric.startsWith('acc.student_')) return 'student';
-  if (metric.startsWith('acc.teacher_')) return 'teacher';
+  // Individual teachers and their mean; the teacher *ablation* is a baseline model.
+  if (/^acc\.teacher_(\d+|mean)$/.test(metric)) return 'teacher';
   return 'baseline';
 }
 
