@@ -19,6 +19,8 @@ import { createHash } from 'node:crypto';
 import { setImmediate as nextMacrotask } from 'node:timers/promises';
 import { InputError } from '../util/errors';
 import { adamUpdate, ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON } from './adam';
+import type { AugmentOptions } from './augment';
+import { augmentBatch } from './augment';
 import type { Dataset } from './data';
 import { datasetDigest, featureSize } from './data';
 import type { MlpParams } from './mlp';
@@ -55,6 +57,11 @@ export interface TrainOptionsOf<A, P> {
   validation?: Dataset;
   /** Steps between `onCheckpoint` calls; 0 or absent: none. */
   checkpointEvery?: number;
+  /**
+   * Image augmentation of every training batch (augment.ts): example i of epoch e gets the transform drawn
+   * from (seed, e, i), so a resumed run sees exactly the batches of an uninterrupted one. Absent: none.
+   */
+  augment?: { options: AugmentOptions; inputShape: [number, number, number] };
 }
 
 export interface StepInfo {
@@ -179,6 +186,10 @@ function checkOptions<A extends { outputSize: number }, P, T>(family: TrainFamil
   if (!(o.learningRate > 0) || !Number.isFinite(o.learningRate)) throw new InputError(`learningRate must be positive, got ${o.learningRate}`);
   if (o.train.n < 1) throw new InputError('the training set is empty');
   const input = family.inputSize(o.arch);
+  if (o.augment) {
+    const [h, w, c] = o.augment.inputShape;
+    if (h * w * c !== input.size) throw new InputError(`augmentation of ${h}×${w}×${c} images, but the model takes ${input.text}`);
+  }
   if (featureSize(o.train) !== input.size) {
     throw new InputError(`training data has ${featureSize(o.train)} features but the model takes ${input.text}`);
   }
@@ -216,6 +227,8 @@ function fingerprintOf<A extends { outputSize: number }, P, T>(family: TrainFami
         seed: o.seed,
         kd: o.kd ? { weight: o.kd.weight, temperature: o.kd.temperature, probs: probsDigest } : null,
         adam: [ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON],
+        // Only when set, so runs without augmentation keep the fingerprints they always had.
+        ...(o.augment ? { augment: { flip: o.augment.options.flip, cropPadding: o.augment.options.cropPadding, inputShape: o.augment.inputShape } } : {}),
       }),
     )
     .digest('hex');
@@ -328,7 +341,7 @@ export async function trainWith<A extends { outputSize: number }, P, T>(
 
       const from = batchIndex * batchSize;
       const rows = Math.min(batchSize, n - from);
-      const xb = new Float32Array(rows * d);
+      let xb: Float32Array = new Float32Array(rows * d);
       const yb = new Float32Array(rows * classes);
       const pb = options.kd ? new Float32Array(rows * classes) : undefined;
       const hb = options.kd ? new Float32Array(rows) : undefined;
@@ -340,6 +353,10 @@ export async function trainWith<A extends { outputSize: number }, P, T>(
           pb.set(options.kd.teacherProbs.subarray(i * classes, (i + 1) * classes), r * classes);
           hb[r] = negEntropy[i] ?? 0;
         }
+      }
+
+      if (options.augment) {
+        xb = augmentBatch(xb, options.augment.inputShape, rows, options.augment.options, options.seed, epoch, order.subarray(from, from + rows));
       }
 
       const t = step + 1;

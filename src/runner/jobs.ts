@@ -4,7 +4,7 @@
  * `withStudentFamily` for the WeightFormer's jobs (every family), so the MLP path calls exactly the
  * functions it always called and gives the same bytes.
  */
-import type { ModelArchitecture, PipelineSpec } from '../spec/types';
+import type { AugmentSpec, ModelArchitecture, PipelineSpec } from '../spec/types';
 import { InputError } from '../util/errors';
 import type { ArtifactStore } from '../store/store';
 import type { JobProgress } from './protocol';
@@ -135,6 +135,18 @@ async function trainWithHooks<A extends ModelArchitecture, P>(
   );
 }
 
+/**
+ * The trainer's augmentation option for a pipeline's `augment` block (image families; the spec semantics
+ * refuse it for MLPs, and this says so again for callers that skip them). Absent block: no option at all,
+ * so runs without augmentation keep their fingerprints.
+ */
+function augmentOf(augment: AugmentSpec | undefined, arch: ModelArchitecture): { augment?: NonNullable<TrainOptionsOf<unknown, unknown>['augment']> } {
+  if (!augment) return {};
+  if (!('inputShape' in arch)) throw new InputError('image augmentation needs an image family (cnn, resnet or vit), not mlp');
+  const [h, w, c] = arch.inputShape;
+  return { augment: { options: { flip: augment.flip, cropPadding: augment.cropPadding }, inputShape: [h, w, c] } };
+}
+
 const trainTeacher: Job<{ spec: PipelineSpec; role: TeacherRole; index: number }, TeacherJobResult> = async ({ spec, role, index }, ctx) => {
   const { backend } = await initBackend(spec.compute.backend);
   const train = role === 'teacher' ? spec.teachers.train : spec.zoo.train;
@@ -155,6 +167,7 @@ const trainTeacher: Job<{ spec: PipelineSpec; role: TeacherRole; index: number }
         batchSize: train.batchSize,
         learningRate: train.learningRate,
         seed: deriveSeed(spec.seed, role, index, 'train'),
+        ...augmentOf(train.augment, arch),
       },
       train.checkpointEvery,
       await resumeState(rt, ctx.store, previous?.state),

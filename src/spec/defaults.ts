@@ -87,6 +87,12 @@ export function deepMerge(base: unknown, over: unknown): unknown {
 }
 
 /**
+ * Objects that stay absent unless the pipeline gives them (their defaults fill only a given block): their
+ * absence means "off", and filling them would change every existing pipeline's hash and cache keys.
+ */
+const OPTIONAL_BLOCKS: ReadonlySet<string> = new Set(['/teachers/train/augment', '/zoo/train/augment']);
+
+/**
  * Fills the schema defaults of `schema` into a copy of `value`; properties come out in schema order.
  * `codeDefaults` maps JSON pointers to the defaults the schema cannot express.
  */
@@ -104,7 +110,7 @@ function fill(
     if (value[key] !== undefined) setOwn(out, key, fill(sub, value[key], ptr, codeDefaults));
     else if (sub.default !== undefined) setOwn(out, key, fill(sub, clone(sub.default), ptr, codeDefaults));
     else if (codeDefaults.has(ptr)) setOwn(out, key, clone(codeDefaults.get(ptr)));
-    else if (sub.properties) setOwn(out, key, fill(sub, {}, ptr, codeDefaults));
+    else if (sub.properties && !OPTIONAL_BLOCKS.has(ptr)) setOwn(out, key, fill(sub, {}, ptr, codeDefaults));
     // else: no default at all (the required `version` and `name`)
   }
   // Keys the schema does not list (only possible for unvalidated input) are kept as they are.

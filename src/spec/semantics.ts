@@ -256,6 +256,18 @@ function architectureProblems(spec: PipelineSpec): Problem[] {
       related: ['/architecture/family'],
     });
   }
+  // Augmentation transforms images: the MLP's inputs have no image shape.
+  for (const [stage, train] of [['teachers', spec.teachers.train], ['zoo', spec.zoo.train]] as const) {
+    const augment = train.augment;
+    if (!augment) continue;
+    if (isMlpArchitecture(arch)) {
+      problems.push({
+        pointer: `/${stage}/train/augment`, at: 'key',
+        message: `image augmentation needs an image family (cnn, resnet or vit); architecture.family is 'mlp'`,
+        related: ['/architecture/family'],
+      });
+    }
+  }
   return problems;
 }
 

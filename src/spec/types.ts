@@ -23,6 +23,16 @@ export interface TrainOptions {
   learningRate: number;
   /** Optimiser steps between checkpoints (each checkpoint is heartbeated as a reference). */
   checkpointEvery: number;
+  /** Image augmentation of the training batches (image families only); absent: none. */
+  augment?: AugmentSpec;
+}
+
+/** Seeded flip / crop augmentation (src/ml/augment.ts): deterministic in (seed, epoch, example). */
+export interface AugmentSpec {
+  /** Mirror left–right with probability 1/2 (off by default: a mirrored digit is another symbol). */
+  flip: boolean;
+  /** Zero-pad each side by this many pixels and crop a random window of the original size (0: no crop). */
+  cropPadding: number;
 }
 
 export type DataSource = 'mnist-embedded' | 'mnist-idx' | 'cifar10' | 'cifar100';

@@ -97,7 +97,8 @@ function hostParams(template: CnnParams, trainable: Float32Array[], running: Flo
   };
 }
 
-const CNN_TRAINING: TrainFamily<CnnArchitecture, CnnParams, CnnTensors> = {
+/** The CNN adapter of the shared training loop (exported so tests can observe the batches it is fed). */
+export const CNN_TRAINING: TrainFamily<CnnArchitecture, CnnParams, CnnTensors> = {
   trainer: 'trainCnn/1',
   magic: 'WFCS',
   what: 'CNN training checkpoint',
