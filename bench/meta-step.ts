@@ -105,6 +105,13 @@ export function metaStepParts(shape: MetaStepShape): MetaStepRigParts & { shapes
   return { arch, constants, set, names: specs.map((s) => s.name), params, shapes: specs.map((s) => s.shape), sizes: specs.map((s) => s.shape.reduce((a, b) => a * b, 1)), config };
 }
 
+/** Frees what `metaStepParts` uploaded. */
+export function disposeMetaStepParts(parts: MetaStepRigParts): void {
+  tf.dispose(parts.params);
+  disposeSet(parts.set);
+  disposeModelConstants(parts.constants);
+}
+
 /** A meta-training step of `implementation` on the active backend. */
 export function metaStepRig(shape: MetaStepShape, implementation: MetaStepImplementation): StepRig {
   const parts = metaStepParts(shape);
