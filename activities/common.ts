@@ -86,7 +86,31 @@ export async function trackedStage(
  * attempt still reuses what its earlier attempt finished), never those of earlier runs.
  */
 export async function lookupCached<T>(deps: ActivityDeps, input: StageInput, key: string): Promise<T | undefined> {
-  return deps.store.getCached<T>(input.noCache ? cacheKey('run-scoped', { key, workflowId: input.workflowId }) : key);
+  return deps.store.getCached<T>(lookupKey(input, key));
+}
+
+function lookupKey(input: StageInput, key: string): string {
+  return input.noCache ? cacheKey('run-scoped', { key, workflowId: input.workflowId }) : key;
+}
+
+/**
+ * The cached result of `key`, or `compute()`'s, recorded under `key`. When two runs of the same spec ask at
+ * once, one computes and the other waits for its result (an atomic claim in the store), heartbeating the
+ * details its attempt started with so a retry still finds its checkpoint.
+ */
+export async function computeCached<T>(deps: ActivityDeps, input: StageInput, key: string, compute: () => Promise<T>): Promise<{ result: T; cacheHit: boolean }> {
+  const ctx = Context.current();
+  const started = ctx.info.heartbeatDetails as StageHeartbeat | undefined;
+  const { value, computed } = await deps.store.computeOnce<T>(
+    lookupKey(input, key),
+    async () => {
+      const result = await compute();
+      await storeCached(deps, input, key, result);
+      return result;
+    },
+    { onWait: (holder) => ctx.heartbeat({ ...(started ?? { step: 0, totalSteps: 0 }), phase: `waiting for ${holder}, which computes the same result` }) },
+  );
+  return { result: value, cacheHit: !computed };
 }
 
 /** Records a stage result under its key, and under this run's scope for retries of a `noCache` run. */
@@ -107,10 +131,5 @@ export async function cachedJob<T>(
   keyInputs: unknown,
   unit: string = job,
 ): Promise<{ result: T; cacheHit: boolean }> {
-  const key = cacheKey(job, keyInputs);
-  const cached = await lookupCached<T>(deps, input, key);
-  if (cached) return { result: cached, cacheHit: true };
-  const result = await runHeartbeatedJob<T>(deps, job, jobInput, unit);
-  await storeCached(deps, input, key, result);
-  return { result, cacheHit: false };
+  return computeCached<T>(deps, input, cacheKey(job, keyInputs), () => runHeartbeatedJob<T>(deps, job, jobInput, unit));
 }

@@ -3,7 +3,7 @@ import type { StageInput, StageOutput } from '../workflows/types';
 import { resolveTeacherSource } from '../src/teachers/sources';
 import type { DatasetDescription, TeacherJobResult, TeacherRole } from '../src/runner/jobs';
 import type { TrainOptions } from '../src/spec/types';
-import { cacheKey, lookupCached, runHeartbeatedJob, storeCached, trackedStage, type ActivityDeps } from './common';
+import { cacheKey, computeCached, runHeartbeatedJob, trackedStage, type ActivityDeps } from './common';
 
 interface TeacherSetResult {
   refs: string[];
@@ -39,12 +39,10 @@ export async function trainTeacherSet(
       seed: spec.seed,
       backend: spec.compute.backend,
     });
-    let result = await lookupCached<TeacherJobResult>(deps, input, key);
-    if (!result) {
-      allCached = false;
-      result = await runHeartbeatedJob<TeacherJobResult>(deps, 'trainTeacher', { spec, role, index }, `trainTeacher:${role}:${index}`);
-      await storeCached(deps, input, key, result);
-    }
+    const { result, cacheHit } = await computeCached(deps, input, key, () =>
+      runHeartbeatedJob<TeacherJobResult>(deps, 'trainTeacher', { spec, role, index }, `trainTeacher:${role}:${index}`),
+    );
+    if (!cacheHit) allCached = false;
     refs.push(result.params);
     results.push(result);
   }

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { sha256Hex } from '../util/canonical';
 import { InputError } from '../util/errors';
@@ -85,6 +86,122 @@ export class ArtifactStore {
 
   async putCached(key: string, value: unknown): Promise<void> {
     await writeFileAtomic(this.cachePath(key), Buffer.from(JSON.stringify(value)));
+  }
+
+  /**
+   * The cached result of `key`, or `compute()` run by exactly one of the workers that ask for it at once
+   * (on this machine or any other sharing the store). The first to create `claims/<key>.claim` (an
+   * exclusive create, atomic on local disks and NFS v3+) computes; `compute` must record its result with
+   * `putCached(key, …)` before it returns. The others wait for that result. A claim is a lease: its holder
+   * touches it every `leaseMs / 4`, so a claim whose holder died (SIGKILL, lost machine) goes stale after
+   * `leaseMs` and is taken over; a holder whose `compute` throws releases it at once. Each claim won is
+   * journalled under `claims/journal/` (who computed what, when), which is how the fault suite counts work.
+   */
+  async computeOnce<T>(
+    key: string,
+    compute: () => Promise<T>,
+    opts: { leaseMs?: number; pollMs?: number; onWait?: (holder: string) => void } = {},
+  ): Promise<{ value: T; computed: boolean }> {
+    const leaseMs = opts.leaseMs ?? 30_000;
+    const pollMs = opts.pollMs ?? 250;
+    const claim = this.claimPath(key);
+    for (;;) {
+      const cached = await this.getCached<T>(key);
+      if (cached !== undefined) return { value: cached, computed: false };
+      const owner = `${os.hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
+      if (await createExclusive(claim, JSON.stringify({ owner, at: new Date().toISOString() }))) {
+        const refresh = setInterval(() => {
+          const now = new Date();
+          fs.utimes(claim, now, now).catch(() => undefined);
+        }, Math.max(50, leaseMs / 4));
+        refresh.unref();
+        try {
+          // Someone may have finished between our cache check and our claim.
+          const late = await this.getCached<T>(key);
+          if (late !== undefined) return { value: late, computed: false };
+          await writeFileAtomic(path.join(this.root, 'claims', 'journal', `${key}.${owner.replace(/[^\w.-]/g, '_')}`), JSON.stringify({ key, owner, at: new Date().toISOString() }));
+          return { value: await compute(), computed: true };
+        } finally {
+          clearInterval(refresh);
+          await fs.rm(claim, { force: true });
+        }
+      }
+      // Someone else holds it: wait for their result, or take over a claim whose holder stopped touching it.
+      const age = await ageMs(claim);
+      const holder = await readClaimOwner(claim);
+      if ((age !== undefined && age > leaseMs) || (holder !== undefined && holderIsGone(holder))) {
+        // Rename first: of several workers finding the same stale claim, only one rename succeeds.
+        const stale = `${claim}.stale-${randomBytes(4).toString('hex')}`;
+        if (await fs.rename(claim, stale).then(() => true, () => false)) await fs.rm(stale, { force: true });
+        continue;
+      }
+      if (holder !== undefined) opts.onWait?.(holder);
+      await new Promise((r) => setTimeout(r, pollMs));
+    }
+  }
+
+  /** Keys whose computation was claimed, with how many times each (1 when no work was duplicated). */
+  async computedKeys(): Promise<Map<string, number>> {
+    const counts = new Map<string, number>();
+    let names: string[] = [];
+    try {
+      names = await fs.readdir(path.join(this.root, 'claims', 'journal'));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    for (const name of names) {
+      if (name.includes('.tmp-')) continue;
+      const key = name.slice(0, name.indexOf('.'));
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+    }
+    return counts;
+  }
+
+  private claimPath(key: string): string {
+    this.cachePath(key); // validates the key
+    return path.join(this.root, 'claims', `${key}.claim`);
+  }
+}
+
+/** Creates `file` only if it does not exist; false when another creator got there first. */
+async function createExclusive(file: string, content: string): Promise<boolean> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  try {
+    await fs.writeFile(file, content, { flag: 'wx' });
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  }
+}
+
+async function readClaimOwner(claim: string): Promise<string | undefined> {
+  try {
+    return (JSON.parse(await fs.readFile(claim, 'utf8')) as { owner?: string }).owner;
+  } catch {
+    return undefined; // gone, or caught between its creation and its write: look again next poll
+  }
+}
+
+/** A holder on this machine whose process has exited (SIGKILLed, say) need not be waited out. */
+function holderIsGone(owner: string): boolean {
+  const [host, pidText] = owner.split(':');
+  if (host !== os.hostname()) return false;
+  try {
+    process.kill(Number(pidText), 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
+/** Milliseconds since `file` was last modified; undefined when it does not exist. */
+async function ageMs(file: string): Promise<number | undefined> {
+  try {
+    return Date.now() - (await fs.stat(file)).mtimeMs;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
   }
 }
 
