@@ -71,6 +71,12 @@ function run(cmd: string, args: string[], input?: string): Promise<{ code: numbe
   });
 }
 
+/** A service's Dockerfile: compose resolves `build.context` from the compose file's folder, `dockerfile` from the context. */
+const dockerfileOf = (svc: Json) => {
+  const build = svc.build as { context: string; dockerfile: string };
+  return path.resolve(DOCKER, build.context, build.dockerfile);
+};
+
 const service = (compose: Json, name: string) => (compose.services as Record<string, Json>)[name]!;
 
 describe('docker/ deployment files (checked without a container engine)', function () {
@@ -113,8 +119,7 @@ describe('docker/ deployment files (checked without a container engine)', functi
       assert.ok(artifactVolume.split(':')[0]! in (compose.volumes as Json), 'the artifact volume is a named volume');
       // Workers reach MLflow by its service name: MLflow 3 refuses Host headers it was not told about.
       assert.match(cmd, /--allowed-hosts=[^ ]*\bmlflow:5000\b/);
-      const dockerfile = (mlflow.build as Json).dockerfile as string;
-      await fs.access(path.join(DOCKER, '..', dockerfile));
+      await fs.access(dockerfileOf(mlflow));
     });
 
     it('runs a CPU and a GPU worker on the same shared store, the GPU one with a device reservation and graphics', async () => {
@@ -131,7 +136,7 @@ describe('docker/ deployment files (checked without a container engine)', functi
         const mount = (worker.volumes as string[]).map((v) => v.split(':')).find(([, target]) => store.startsWith(`${target}/`) || store === target);
         assert.ok(mount, `WEIGHTFORMER_STORE ${store} is not on a mounted volume`);
         assert.equal(mount[0], 'weightformer-store');
-        await fs.access(path.join(ROOT, (worker.build as Json).dockerfile as string));
+        await fs.access(dockerfileOf(worker));
       }
       const devices = (((gpu.deploy as Json).resources as Json).reservations as Json).devices as Json[];
       assert.equal(devices.length, 1);

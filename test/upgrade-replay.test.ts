@@ -1,0 +1,105 @@
+import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { bundleWorkflowCode, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { DeterminismViolationError } from '@temporalio/workflow';
+import { workflowBundle } from '../src/worker/worker';
+
+/*
+ * Upgrades: workflow code changes while pipelines run. Each change is guarded by `patched('<id>')`, so an
+ * execution started by the previous version replays its old path on the new workers. These histories were
+ * recorded by earlier versions of the workflow code (test/fixtures/histories/, upgrade/ by
+ * test/fixtures/record-previous-version.ts) and must all replay on today's code. A control bundle of
+ * today's code with the `html-report` patch taken away (its new branch always on) must NOT replay them:
+ * it is the patch that makes the upgrade safe, and this test can tell.
+ */
+
+const ROOT = path.resolve(__dirname, '../..');
+const HISTORIES = path.join(ROOT, 'test', 'fixtures', 'histories');
+const UPGRADE = path.join(HISTORIES, 'upgrade');
+
+interface RecordedHistory {
+  events: Array<Record<string, unknown>>;
+}
+
+async function load(file: string): Promise<RecordedHistory> {
+  return JSON.parse(await fs.readFile(file, 'utf8')) as RecordedHistory;
+}
+
+/** The histories recorded before the `html-report` change: the original fixture and the upgrade/ ones. */
+async function historiesBeforeHtmlReport(): Promise<string[]> {
+  const upgrade = (await fs.readdir(UPGRADE)).filter((f) => f.endsWith('-before-html-report.json')).map((f) => path.join(UPGRADE, f));
+  return [path.join(HISTORIES, 'pipeline-schema-v1.json'), ...upgrade];
+}
+
+/** Today's workflow code with `patched('html-report')` replaced by `true`: the change made without a patch. */
+async function bundleWithoutHtmlReportPatch(): Promise<WorkflowBundleWithSourceMap> {
+  const source = path.join(ROOT, 'dist', 'workflows');
+  const copy = path.join(ROOT, 'dist', `workflows-unpatched-${process.pid}`, 'workflows');
+  await fs.mkdir(copy, { recursive: true });
+  let replaced = 0;
+  for (const file of (await fs.readdir(source)).filter((f) => f.endsWith('.js'))) {
+    const text = await fs.readFile(path.join(source, file), 'utf8');
+    const unpatched = text.replace(/\(0, workflow_1\.patched\)\('html-report'\)/g, () => {
+      replaced += 1;
+      return 'true';
+    });
+    await fs.writeFile(path.join(copy, file), unpatched);
+  }
+  assert.ok(replaced > 0, "today's workflows/ has no patched('html-report') to take away");
+  try {
+    return await bundleWorkflowCode({ workflowsPath: path.join(copy, 'index.js'), logger: { trace() {}, debug() {}, info() {}, warn() {}, error() {}, log() {} } as never });
+  } finally {
+    await fs.rm(path.dirname(copy), { recursive: true, force: true });
+  }
+}
+
+/** The id each history was recorded under: the file's name (record-previous-version.ts), or the original fixture's. */
+function workflowIdOf(file: string): string {
+  return path.dirname(file) === UPGRADE ? path.basename(file, '.json') : 'replay-fixture';
+}
+
+function activityTypes(history: RecordedHistory): string[] {
+  return history.events
+    .map((e) => (e.activityTaskScheduledEventAttributes as { activityType?: { name?: string } } | undefined)?.activityType?.name)
+    .filter((n): n is string => typeof n === 'string');
+}
+
+describe('upgrades: histories of earlier workflow versions replay on the current code', function () {
+  this.timeout(300_000);
+  let files: string[];
+
+  before(async () => {
+    files = await historiesBeforeHtmlReport();
+  });
+
+  it('has histories of a single pipeline and of a sweep recorded before the html-report change', async () => {
+    const names = files.map((f) => path.basename(f));
+    assert.ok(names.includes('pipeline-before-html-report.json') && names.includes('sweep-before-html-report.json'), names.join(', '));
+    for (const file of files) {
+      const history = await load(file);
+      assert.ok(history.events.length > 5, file);
+      // Recorded by a version without the report activity, and finished.
+      assert.ok(!activityTypes(history).includes('writeReport'), file);
+      assert.ok(history.events.some((e) => e.workflowExecutionCompletedEventAttributes), `${file} did not complete`);
+    }
+  });
+
+  it('replays every recorded history without nondeterminism', async () => {
+    const bundle = await workflowBundle();
+    for (const file of files) {
+      await Worker.runReplayHistory({ workflowBundle: bundle }, await load(file), workflowIdOf(file));
+    }
+  });
+
+  it('the same change without patched() breaks those histories (control)', async () => {
+    const bundle = await bundleWithoutHtmlReportPatch();
+    for (const file of files) {
+      await assert.rejects(
+        Worker.runReplayHistory({ workflowBundle: bundle }, await load(file), workflowIdOf(file)),
+        (err: unknown) => err instanceof DeterminismViolationError,
+        `${path.basename(file)} replayed on the unpatched change`,
+      );
+    }
+  });
+});
