@@ -218,7 +218,19 @@ interface DawnModule {
  * WebGPU globals (tfjs-backend-webgpu registers itself only if `navigator.gpu` exists when it is first
  * required), and asks for a high-performance adapter. A missing package or driver means "no adapter".
  */
-export async function probeWebgpuAdapter(): Promise<GpuAdapterSummary | null> {
+export function probeWebgpuAdapter(): Promise<GpuAdapterSummary | null> {
+  // Once per thread: every job of a worker calls initBackend('auto'), and a second Dawn instance would
+  // only re-learn the same answer (≈1 s) and replace the navigator.gpu the webgpu backend already uses.
+  probed ??= probeWebgpuAdapterUncached().catch((e: unknown) => {
+    probed = undefined;
+    throw e;
+  });
+  return probed;
+}
+
+let probed: Promise<GpuAdapterSummary | null> | undefined;
+
+async function probeWebgpuAdapterUncached(): Promise<GpuAdapterSummary | null> {
   let dawn: DawnModule;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- optional peer
