@@ -86,6 +86,9 @@ describe('HTML report (rendered from fixture results)', () => {
     const cliMetrics = renderResultTable(result).split('\n').map((l) => l.split(/\s+/)[0]!).filter((k) => /^(acc|gain_captured|seconds)\./.test(k));
     assert.equal(cliMetrics.length, 17);
     for (const key of cliMetrics) assert.match(html, new RegExp(`<td class="metric">${key.replace(/\./g, '\\.')}</td>`), key);
+    assert.match(html, /<tr class="baseline"><td class="metric">acc\.teacher_ablation</);
+    assert.match(html, /<tr class="teacher"><td class="metric">acc\.teacher_mean</);
+    assert.match(html, /<tr class="student"><td class="metric">acc\.student_finetuned</);
     const charts = parseCharts(html);
     assert.deepEqual(charts.map((c) => c.id), CHART_IDS);
     for (const c of charts) {
