@@ -190,6 +190,22 @@ async function resolveNamed(client: MlflowClient, name: string, pick: { version?
   }
 }
 
+/**
+ * Checks, before a pipeline is submitted, that `weightformer.reuse` resolves to a compatible registered
+ * WeightFormer (and teacher ablation, when `baselines.include` asks for it): the InputError the stage
+ * would raise later, raised while the CLI can still point at the line. Returns what it found.
+ */
+export async function checkWeightformerReuse(client: MlflowClient, spec: PipelineSpec): Promise<string[]> {
+  if (spec.weightformer.reuse === undefined || spec.weightformer.mode === 'none') return [];
+  const kinds = [true, ...(spec.baselines.include.includes('teacher_ablation') ? [false] : [])];
+  const found: string[] = [];
+  for (const teacherInput of kinds) {
+    const v = await resolveReuse(client, spec, teacherInput);
+    found.push(`models:/${v.name}/${v.version}`);
+  }
+  return found;
+}
+
 /** The artifact folder (relative to its run's root) a version's source names. */
 async function versionFolder(client: MlflowClient, v: ModelVersion): Promise<string> {
   const root = (await client.getRun(v.run_id)).info.artifact_uri.replace(/\/+$/, '');

@@ -8,6 +8,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { sharedTemporal } from './helpers/temporal';
 import { sharedMlflow } from './helpers/mlflow';
 import { tinySpec } from './helpers/specs';
+import { runCli } from './helpers/cli';
 import { createPipelineWorker } from '../src/worker/worker';
 import { MlflowClient, tagsOf } from '../src/tracking/mlflow';
 import { loadPipelineText } from '../src/spec/load';
@@ -206,5 +207,23 @@ describe('a WeightFormer registered by one pipeline is reused by another (real T
     assert.equal(otherArch.type, 'InputError');
     assert.match(otherArch.message, new RegExp(`^weightformer\\.reuse: ${registered.replace(/[/.]/g, '\\$&')} was trained for the architecture .*, incompatible with this pipeline's architecture`));
     assert.ok(otherArch.attempts.every((a) => a === 1), `retried: ${otherArch.attempts}`);
+  });
+
+  it('`weightformer run` checks weightformer.reuse before submitting: a missing model is reported at its line (exit 2)', async () => {
+    const trainerName = registeredWeightformerName(pipelineText('reuse-trainer', '').spec, true);
+    const dir = await freshStore();
+    const file = path.join(dir, 'reuse.yaml');
+    await fs.writeFile(file, `version: 1
+name: reuse-cli-${suffix}
+zoo: {count: 3}
+weightformer: {mode: train, reuse: 'models:/${trainerName}/99', validationTeachers: 2, model: {d: 16, heads: 2, blocks: 1}, train: {tMin: 2, tMax: 3}}
+generate: {method: weightformer}
+baselines: {include: [teachers, ensemble]}
+tracking: {experiment: ${experiment}}
+`);
+    const out = await runCli(['run', file], { TEMPORAL_ADDRESS: env.address, MLFLOW_TRACKING_URI: mlflowUrl, WEIGHTFORMER_QUEUE_PREFIX: `reuse-cli-${suffix}` });
+    assert.equal(out.code, 2, out.stderr);
+    const col = 'weightformer: {mode: train, reuse: '.length + 1;
+    assert.equal(out.stderr.trim(), `${file}:4:${col}: /weightformer/reuse: models:/${trainerName}/99 does not exist in the MLflow registry`);
   });
 });

@@ -13,7 +13,8 @@ import { createPipelineWorker } from '../src/worker/worker';
 import { ArtifactStore } from '../src/store/store';
 import { MlflowClient, type ModelVersion } from '../src/tracking/mlflow';
 import { studentRegistryFiles } from '../src/runner/families';
-import { consolidationSpec, isTeacherVersion, LINEAGE_TAGS } from '../activities/registry';
+import { consolidationSpec, isTeacherVersion, LINEAGE_TAGS, registryActivities } from '../activities/registry';
+import { StageTracker } from '../activities/tracking';
 import { watchStatusQuery, stopWatchSignal } from '../workflows/watch';
 import type { PipelineInput, PipelineResult, WatchInput, WatchStatus } from '../workflows/types';
 import { taskQueueName } from '../workflows/queues';
@@ -207,6 +208,36 @@ tracking: {experiment: trigger-${suffix}, registerModel: ${studentModel}}`;
       assert.equal(final.state, 'stopped');
       assert.equal(final.consolidations.length, 2);
     });
+  });
+
+  it('a poll finds teachers by alias in the real registry: none before the model exists, then the newest teachers.count', async () => {
+    const model = `alias-teachers-${suffix}`;
+    const { spec } = tinySpec(`weightformer: {mode: train, reuse: auto, validationTeachers: 2, model: {d: 16, heads: 2, blocks: 1}, train: {tMin: 2, tMax: 3}}
+zoo: {count: 3}
+generate: {method: weightformer}
+teachers: {count: 2}
+tracking: {registerModel: ${studentModel}}
+trigger: {registeredModel: ${model}, teacherAlias: teacher}`);
+    const storeRoot = await freshStore();
+    const { pollTeacherVersions } = registryActivities({ store: new ArtifactStore(storeRoot), tracker: new StageTracker(client, new ArtifactStore(storeRoot)) });
+    assert.deepEqual(await pollTeacherVersions({ spec }), { teacherVersions: [], plan: null });
+
+    const experimentId = await client.getOrCreateExperiment(`trigger-teachers-${suffix}`);
+    const run = await client.createRun({ experimentId, runName: 'alias-teachers' });
+    await client.createRegisteredModel(model);
+    const versions: string[] = [];
+    for (let i = 0; i < 4; i++) versions.push((await client.createModelVersion({ name: model, source: `${run.info.artifact_uri}/t${i}`, runId: run.info.run_id })).version);
+    await client.setRegisteredModelAlias(model, 'teacher-a', versions[0]!);
+    await client.setRegisteredModelAlias(model, 'champion', versions[1]!);
+    const one = await pollTeacherVersions({ spec });
+    assert.deepEqual(one, { teacherVersions: [`${model}/${versions[0]}`], plan: null }, 'one teacher is not an ensemble');
+    await client.setRegisteredModelAlias(model, 'teacher', versions[2]!);
+    await client.setRegisteredModelAlias(model, 'teacher-b', versions[3]!);
+    const three = await pollTeacherVersions({ spec });
+    assert.deepEqual(three.teacherVersions, [0, 2, 3].map((i) => `${model}/${versions[i]}`));
+    assert.deepEqual(three.plan?.teacherVersions, [2, 3].map((i) => `${model}/${versions[i]}`));
+    assert.deepEqual(three.plan?.spec.teachers.files, [2, 3].map((i) => `models:/${model}/${versions[i]}`));
+    assert.match(three.plan?.specHash ?? '', /^[0-9a-f]{64}$/);
   });
 
   it('`weightformer watch FILE` starts the watcher once and signals it when run again; a file without a trigger is refused', async () => {

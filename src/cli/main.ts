@@ -1,8 +1,13 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
 import { loadPipelineFile, expandMatrix, validateFiles } from '../spec/load';
-import { SpecError } from '../util/errors';
+import { InputError, SpecError } from '../util/errors';
+import { parseYaml } from '../spec/yaml';
+import { MlflowClient } from '../tracking/mlflow';
+import { checkWeightformerReuse } from '../../activities/registry';
+import type { PipelineSpec } from '../spec/types';
 import { startEmbeddedStack, type EmbeddedStack } from '../stack/embedded';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { createPipelineWorker, type TaskQueue } from '../worker/worker';
@@ -10,8 +15,8 @@ import { followPipeline, readLiveStatus } from './follow';
 import { renderResultTable } from './table';
 import { saveRunReport } from '../report/save';
 import { cancelSignal } from '../../workflows/pipeline';
-import { taskQueueName } from '../../workflows/queues';
 import { pollNowSignal, stopWatchSignal, watchStatusQuery } from '../../workflows/watch';
+import { taskQueueName } from '../../workflows/queues';
 import type { PipelineInput, PipelineResult, WatchInput } from '../../workflows/types';
 
 /** Where local state (Temporal DB, MLflow store, artifacts) lives unless told otherwise. */
@@ -65,6 +70,7 @@ async function runCommand(file: string, opts: RunOptions): Promise<number> {
     }
     const address = external ?? stack!.temporalAddress;
     const mlflowUrl = process.env.MLFLOW_TRACKING_URI || stack?.mlflowUrl || null;
+    await checkReuseAt(file, loaded.spec, mlflowUrl);
     const client = await connectClient(address);
     let workerRun: Promise<void> | null = null;
     if (stack) {
@@ -131,13 +137,6 @@ async function runCommand(file: string, opts: RunOptions): Promise<number> {
   }
 }
 
-async function workerCommand(opts: { queue: TaskQueue; stateDir?: string }): Promise<number> {
-  const address = process.env.TEMPORAL_ADDRESS;
-  if (!address) throw new Error('TEMPORAL_ADDRESS is not set: a standalone worker needs a Temporal server (or use `weightformer dev`)');
-  const worker = await createPipelineWorker({
-    temporalAddress: address,
-    taskQueue: opts.queue,
-    queuePrefix: queuePrefix(),
 /**
  * `weightformer watch FILE`: starts the registry watcher of a pipeline file with a `trigger` (one watcher
  * per file and spec: its workflow id is `watch-<name>-<hash>`), or, when it already runs, signals it to
@@ -180,6 +179,7 @@ async function watchCommand(file: string, opts: { stop: boolean; stateDir?: stri
         await running;
       });
     }
+    await checkReuseAt(file, loaded.spec, process.env.MLFLOW_TRACKING_URI || stack?.mlflowUrl || null);
     const input: WatchInput = { spec: loaded.spec, specHash: loaded.hash, file: path.resolve(file), queuePrefix: queuePrefix() };
     const handle = await client.workflow.signalWithStart('watch', {
       taskQueue: taskQueueName('cpu', queuePrefix()),
@@ -215,6 +215,29 @@ async function watchCommand(file: string, opts: { stop: boolean; stateDir?: stri
   }
 }
 
+/**
+ * With `weightformer.reuse` set and an MLflow server known, checks the registered WeightFormer before
+ * anything is submitted, so a missing or incompatible one is reported at its line (exit 2), not after the
+ * teachers have trained.
+ */
+async function checkReuseAt(file: string, spec: PipelineSpec, mlflowUrl: string | null): Promise<void> {
+  if (!mlflowUrl || spec.weightformer.reuse === undefined) return;
+  try {
+    await checkWeightformerReuse(new MlflowClient(mlflowUrl), spec);
+  } catch (err) {
+    if (!(err instanceof InputError)) throw err;
+    const { source } = parseYaml(fs.readFileSync(file, 'utf8'), file);
+    throw new SpecError([source.diagnostic('/weightformer/reuse', err.message.replace(/^weightformer\.reuse: /, ''), 'value')]);
+  }
+}
+
+async function workerCommand(opts: { queue: TaskQueue; stateDir?: string }): Promise<number> {
+  const address = process.env.TEMPORAL_ADDRESS;
+  if (!address) throw new Error('TEMPORAL_ADDRESS is not set: a standalone worker needs a Temporal server (or use `weightformer dev`)');
+  const worker = await createPipelineWorker({
+    temporalAddress: address,
+    taskQueue: opts.queue,
+    queuePrefix: queuePrefix(),
     storeRoot: storeRoot(stateDir(opts.stateDir)),
     mlflowUrl: process.env.MLFLOW_TRACKING_URI || null,
     identity: process.env.WEIGHTFORMER_WORKER_IDENTITY || undefined,
@@ -293,13 +316,6 @@ export async function main(argv: string[]): Promise<void> {
       exitCode = await runCommand(file, opts);
     });
   program
-    .command('worker')
-    .description('run a worker for one task queue against TEMPORAL_ADDRESS')
-    .addOption(new Option('--queue <queue>', 'task queue').choices(['cpu', 'gpu']).default('cpu'))
-    .option('--state-dir <dir>', 'local state directory')
-    .action(async (opts: { queue: TaskQueue; stateDir?: string }) => {
-      exitCode = await workerCommand(opts);
-  program
     .command('watch')
     .argument('<file>', 'pipeline file with a trigger block')
     .description('start (or signal) the registry watcher that consolidates new teacher versions (embedded local stack unless TEMPORAL_ADDRESS is set)')
@@ -308,6 +324,13 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (file: string, opts: { stop: boolean; stateDir?: string }) => {
       exitCode = await watchCommand(file, opts);
     });
+  program
+    .command('worker')
+    .description('run a worker for one task queue against TEMPORAL_ADDRESS')
+    .addOption(new Option('--queue <queue>', 'task queue').choices(['cpu', 'gpu']).default('cpu'))
+    .option('--state-dir <dir>', 'local state directory')
+    .action(async (opts: { queue: TaskQueue; stateDir?: string }) => {
+      exitCode = await workerCommand(opts);
     });
   program
     .command('status')
@@ -322,6 +345,27 @@ export async function main(argv: string[]): Promise<void> {
     .option('--reason <text>')
     .action(async (id: string, opts: { reason?: string }) => {
       exitCode = await cancelCommand(id, opts);
+    });
+  program
+    .command('bench')
+    .description('run the benchmark suite (quality, teacher scaling, compute per backend, orchestration); writes bench/results/bench-<date>-<host>-<hhmm>.json and .md')
+    .option('--quick', 'reduced settings: under 5 minutes on 2 cores', false)
+    .option('--only <sections>', 'comma-separated subset of quality,scaling,compute,orchestration')
+    .option('--out <dir>', 'results folder (default bench/results)')
+    .action(async (opts: { quick: boolean; only?: string; out?: string }) => {
+      // Loaded only here: the suite pulls in the whole ML library and the bench rigs.
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { benchMain, parseSuiteArgs } = require('../../bench/suite') as typeof import('../../bench/suite');
+      const args = [...(opts.quick ? ['--quick'] : []), ...(opts.only ? ['--only', opts.only] : []), ...(opts.out ? ['--out', opts.out] : [])];
+      try {
+        parseSuiteArgs(args);
+      } catch (err) {
+        // A bad --only: say which, exit 2 like any other usage error.
+        process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+        exitCode = 2;
+        return;
+      }
+      exitCode = await benchMain(args);
     });
   program
     .command('dev')
@@ -352,24 +396,3 @@ function failureChain(err: Error): string {
   }
   return parts.join(': ');
 }
-  program
-    .command('bench')
-    .description('run the benchmark suite (quality, teacher scaling, compute per backend, orchestration); writes bench/results/bench-<date>-<host>-<hhmm>.json and .md')
-    .option('--quick', 'reduced settings: under 5 minutes on 2 cores', false)
-    .option('--only <sections>', 'comma-separated subset of quality,scaling,compute,orchestration')
-    .option('--out <dir>', 'results folder (default bench/results)')
-    .action(async (opts: { quick: boolean; only?: string; out?: string }) => {
-      // Loaded only here: the suite pulls in the whole ML library and the bench rigs.
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const { benchMain, parseSuiteArgs } = require('../../bench/suite') as typeof import('../../bench/suite');
-      const args = [...(opts.quick ? ['--quick'] : []), ...(opts.only ? ['--only', opts.only] : []), ...(opts.out ? ['--out', opts.out] : [])];
-      try {
-        parseSuiteArgs(args);
-      } catch (err) {
-        // A bad --only: say which, exit 2 like any other usage error.
-        process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
-        exitCode = 2;
-        return;
-      }
-      exitCode = await benchMain(args);
-    });
