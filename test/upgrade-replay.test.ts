@@ -85,9 +85,19 @@ describe('upgrades: histories of earlier workflow versions replay on the current
     }
   });
 
-  it('replays every recorded history without nondeterminism', async () => {
+  it('has histories recorded after the html-report change, with its patch marker', async () => {
+    // These guard the next change: they replay today and must keep replaying after it.
+    for (const kind of ['pipeline', 'sweep']) {
+      const history = await load(path.join(UPGRADE, `${kind}-with-html-report.json`));
+      assert.ok(history.events.some((e) => e.markerRecordedEventAttributes), `${kind}: no patch marker`);
+      assert.ok(activityTypes(history).includes('writeReport'), `${kind}: no writeReport activity`);
+    }
+  });
+
+  it('replays every recorded history, before and after the change, without nondeterminism', async () => {
     const bundle = await workflowBundle();
-    for (const file of files) {
+    const after = (await fs.readdir(UPGRADE)).filter((f) => f.endsWith('-with-html-report.json')).map((f) => path.join(UPGRADE, f));
+    for (const file of [...files, ...after]) {
       await Worker.runReplayHistory({ workflowBundle: bundle }, await load(file), workflowIdOf(file));
     }
   });
