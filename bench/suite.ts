@@ -79,7 +79,7 @@ export interface SuiteResult {
   startedAt: string;
   wallSeconds: number;
   backend: string;
-  machine: { host: string; cpuModel: string; cores: number; memoryGiB: number; platform: string; gpuAdapter: string | null };
+  machine: { host: string; cpuModel: string; cores: number; memoryGiB: number; platform: string; gpuAdapter: string | null; loadAverage1m?: { start: number; end: number } };
   versions: Record<string, string>;
   sections: {
     quality?: SectionOutcome<QualityFamilyResult[]>;
@@ -191,6 +191,8 @@ export async function runSuite(o: SuiteOptions, log: (l: string) => void): Promi
       memoryGiB: Math.round(os.totalmem() / 2 ** 30),
       platform: `${os.platform()} ${os.release()} ${os.arch()}`,
       gpuAdapter: adapter ? `${adapter.description}${adapter.isFallbackAdapter ? ' (fallback adapter)' : ''}` : null,
+      // Timings on a shared machine are only as good as its idleness: recorded so a reader can judge.
+      loadAverage1m: { start: os.loadavg()[0] ?? NaN, end: NaN },
     },
     versions: {
       node: process.version,
@@ -209,6 +211,7 @@ export async function runSuite(o: SuiteOptions, log: (l: string) => void): Promi
   if (want('scaling')) result.sections.scaling = await timed('scaling', () => runScaling(o.quick ? SCALING_QUICK : SCALING_FULL, log), log);
   if (want('quality')) result.sections.quality = await timed('quality', () => qualitySection(o.quick, log), log);
   result.wallSeconds = (performance.now() - t0) / 1000;
+  if (result.machine.loadAverage1m) result.machine.loadAverage1m.end = os.loadavg()[0] ?? NaN;
   const json = `${JSON.stringify(result, null, 2)}\n`;
   return { result, json, md: renderMarkdown(result) };
 }
@@ -224,7 +227,8 @@ export function renderMarkdown(r: SuiteResult): string {
   L.push(`- Machine: ${r.machine.cores} × ${r.machine.cpuModel}, ${r.machine.memoryGiB} GiB, ${r.machine.platform}; GPU adapter: ${r.machine.gpuAdapter ?? 'none'}`);
   L.push(`- Backend: ${r.backend}`);
   L.push(`- Versions: ${Object.entries(r.versions).map(([k, v]) => `${k} ${v}`).join(', ')}`);
-  L.push(`- Wall time: ${num(r.wallSeconds, 0)} s`);
+  const load = r.machine.loadAverage1m;
+  L.push(`- Wall time: ${num(r.wallSeconds, 0)} s${load ? ` (1-minute load average ${num(load.start, 1)} at the start, ${num(load.end, 1)} at the end, on ${r.machine.cores} cores)` : ''}`);
   if (r.mode === 'quick') L.push('- **Quick mode**: reduced settings throughout (see each section); not the quality bar.');
   const failed = (name: string, s: SectionOutcome<unknown> | undefined): boolean => {
     if (!s) {
