@@ -1,6 +1,7 @@
 import type { PipelineSpec, StageName } from '../src/spec/types';
 import type { StageInput, StageOutput, TrackingHandle } from '../workflows/types';
-import type { MlflowClient } from '../src/tracking/mlflow';
+import { MlflowUnavailableError, type MlflowClient } from '../src/tracking/mlflow';
+import { TrackingOutbox } from '../src/tracking/outbox';
 import type { ArtifactStore } from '../src/store/store';
 import type { ActivityDeps } from './common';
 import { studentRegistryFiles } from '../src/runner/families';
@@ -28,15 +29,48 @@ export function flattenSpec(value: unknown, prefix = '', out: Record<string, str
   return out;
 }
 
+/** A tracking write MLflow could not take in time, kept in the store's outbox until it can. */
+export type OutboxRecord =
+  | { kind: 'logStage'; handle: TrackingHandle; workflowId: string; stage: StageName; log: StageLog }
+  | { kind: 'finish'; input: FinishInput };
+
 /**
  * One parent MLflow run per pipeline and one nested run per stage. Runs are found again by their tags, so
  * a retried activity reuses the run its earlier attempt created instead of making a second one.
+ *
+ * When MLflow stays down past the client's retry window, a stage's log and the pipeline's finish are
+ * written to a durable outbox in the shared store instead of failing the pipeline, and replayed (oldest
+ * first) by the next tracking call that reaches MLflow. Every write is idempotent, so a replay after a
+ * partial success adds nothing twice.
  */
 export class StageTracker {
+  readonly outbox: TrackingOutbox<OutboxRecord>;
+
   constructor(
     readonly client: MlflowClient,
     private readonly store: ArtifactStore,
-  ) {}
+  ) {
+    this.outbox = new TrackingOutbox<OutboxRecord>(store.root);
+  }
+
+  /** Applies what the outbox holds; MLflow still down is not an error here (the records stay). */
+  async replayOutbox(): Promise<{ replayed: number; unavailable: boolean }> {
+    return this.outbox.replay((r) => (r.kind === 'logStage' ? this.logStageNow(r.handle, r.workflowId, r.stage, r.log) : this.finishNow(r.input).then(() => undefined)));
+  }
+
+  /** Runs `write` after replaying the outbox; when MLflow is unavailable, records `record` durably instead. */
+  private async writeOrBuffer<T>(record: OutboxRecord, write: () => Promise<T>, buffered: T): Promise<T> {
+    try {
+      const { unavailable } = await this.replayOutbox();
+      // Older records first: while they cannot go, this one waits behind them.
+      if (unavailable) throw new MlflowUnavailableError('MLflow still unavailable for the outbox', 'outbox', 0);
+      return await write();
+    } catch (err) {
+      if (!(err instanceof MlflowUnavailableError)) throw err;
+      await this.outbox.add(record);
+      return buffered;
+    }
+  }
 
   async startPipelineRun(args: {
     spec: PipelineSpec;
@@ -70,6 +104,10 @@ export class StageTracker {
 
   /** Logs a stage's metrics and curves into its nested run, once, even when the stage is retried. */
   async logStage(handle: TrackingHandle, workflowId: string, stage: StageName, log: StageLog): Promise<void> {
+    await this.writeOrBuffer({ kind: 'logStage', handle, workflowId, stage, log }, () => this.logStageNow(handle, workflowId, stage, log), undefined);
+  }
+
+  private async logStageNow(handle: TrackingHandle, workflowId: string, stage: StageName, log: StageLog): Promise<void> {
     const tags = { [TAG_WORKFLOW]: workflowId, [TAG_STAGE]: stage };
     const { run } = await this.client.findOrCreateRunByTags({
       experimentId: handle.experimentId,
@@ -86,13 +124,28 @@ export class StageTracker {
         ...Object.entries(log.metrics).map(([key, value]) => ({ key, value, step: 0, timestamp })),
         ...Object.entries(log.curves).flatMap(([key, points]) => points.map((p) => ({ key, value: p.value, step: p.step, timestamp }))),
       ];
-      await this.client.logBatch(runId, { metrics, tags: Object.entries(log.tags).map(([key, value]) => ({ key, value })) });
+      // An earlier attempt (or replay) may have logged part of it before failing: never log a step twice.
+      const logged = await this.loggedSteps(runId, run.data.metrics?.map((m) => m.key) ?? []);
+      const fresh = metrics.filter((m) => !logged.get(m.key)?.has(m.step));
+      await this.client.logBatch(runId, { metrics: fresh, tags: Object.entries(log.tags).map(([key, value]) => ({ key, value })) });
       await this.client.setTag(runId, TAG_LOGGED, 'true');
     }
     await this.client.updateRun(runId, 'FINISHED');
   }
 
-  async finishPipelineRun(
+  /** The steps already logged of each of `keys` in `runId`. */
+  private async loggedSteps(runId: string, keys: string[]): Promise<Map<string, Set<number>>> {
+    const out = new Map<string, Set<number>>();
+    for (const key of keys) out.set(key, new Set((await this.client.getMetricHistory(runId, key)).map((m) => Number(m.step))));
+    return out;
+  }
+
+  /** Closes the pipeline's run; when MLflow is down past the retry window, the finish waits in the outbox. */
+  async finishPipelineRun(input: FinishInput): Promise<{ modelVersion: string | null; buffered: boolean }> {
+    return this.writeOrBuffer<{ modelVersion: string | null; buffered: boolean }>({ kind: 'finish', input }, async () => ({ ...(await this.finishNow(input)), buffered: false }), { modelVersion: null, buffered: true });
+  }
+
+  private async finishNow(
     input: FinishInput,
   ): Promise<{ modelVersion: string | null }> {
     const handle = input.tracking!;
@@ -148,10 +201,11 @@ export function trackingActivities(deps: ActivityDeps) {
     },
     async finishTracking(input: FinishInput): Promise<StageOutput> {
       const started = Date.now();
-      const { modelVersion } = await requireTracker().finishPipelineRun(input);
+      const { modelVersion, buffered } = await requireTracker().finishPipelineRun(input);
       return {
         outputs: {},
         metrics: modelVersion ? ({ 'registry.model_version': Number(modelVersion) } as Record<string, number>) : {},
+        ...(buffered ? { tags: { 'weightformer.tracking': 'buffered: MLflow was unavailable; the outbox in the store replays it' } } : {}),
         cacheHit: false,
         seconds: (Date.now() - started) / 1000,
       };

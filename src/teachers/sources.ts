@@ -129,7 +129,13 @@ export async function resolveTeacherSource<A extends ModelArchitecture = Archite
 
 async function readTeacher<A extends ModelArchitecture>(file: string, format: TeacherFormat, expected: A | undefined): Promise<ParamsOfArch<A>> {
   // The family's reader returns the family's parameters: those of `A` (an MLP's when nothing is expected).
-  return (await readTeacherFile(file, format, expected)) as ParamsOfArch<A>;
+  try {
+    return (await readTeacherFile(file, format, expected)) as ParamsOfArch<A>;
+  } catch (err) {
+    // Every refusal names the file, whichever reader refused it (some only know the bytes they were given).
+    if (err instanceof InputError && !err.message.includes(file)) throw new InputError(`${file}: ${err.message}`);
+    throw err;
+  }
 }
 
 /** The teacher file a local path names, checked against the allowed roots (weight files included). */

@@ -17,8 +17,8 @@ const PREFIX = 'faults-kill';
 const QUEUE = taskQueueName('cpu', PREFIX);
 const EXPERIMENT = 'faults-worker-kill';
 
-// The killed stages time out 10 s after their worker dies (the tracking activities, which do not heartbeat,
-// keep their default). Every stage killed here runs long enough to be caught mid-interval (several heartbeats), and no longer.
+// The killed stages time out 3 s after their worker dies, and heartbeat every 2.4 s (0.8 × the timeout) so
+// the kill can be timed mid-interval; the tracking activities, which do not heartbeat, keep their default. Every stage killed here runs long enough to be caught mid-interval (several heartbeats), and no longer.
 const INTERVAL = { teachers: 200, weightformer: 20, kd: 100, finetune: 100 };
 const SPEC = tinySpec(
   `teachers: {count: 2, train: {epochs: 200, batchSize: 10, checkpointEvery: ${INTERVAL.teachers}}}
@@ -30,10 +30,10 @@ baselines: {include: [teachers, ensemble, avg_naive, avg_aligned, kd], kd: {epoc
 tracking: {enabled: true, experiment: ${EXPERIMENT}}
 stages:
   default: {retry: {initialInterval: '500ms', maximumAttempts: 10}}
-  teachers: {heartbeatTimeout: '10s'}
-  weightformer: {heartbeatTimeout: '10s'}
-  finetune: {heartbeatTimeout: '10s'}
-  baselines: {heartbeatTimeout: '10s'}`,
+  teachers: {heartbeatTimeout: '3s'}
+  weightformer: {heartbeatTimeout: '3s'}
+  finetune: {heartbeatTimeout: '3s'}
+  baselines: {heartbeatTimeout: '3s'}`,
   'faults-kill',
 );
 
@@ -80,7 +80,10 @@ describeFaults('fault: worker SIGKILL mid-stage', function () {
         const handle = await env.client.workflow.start('pipeline', { taskQueue: QUEUE, workflowId, args: [input] });
         const kill = await killMidInterval(handle, first, s.unit, s.interval, store);
         start();
-        const result = (await handle.result()) as PipelineResult;
+        const result = (await handle.result().catch((e: Error) => {
+          const cause = e.cause as Error | undefined;
+          throw new Error(`${e.message}: ${(cause?.cause as Error | undefined)?.message ?? cause?.message}; kill ${JSON.stringify(kill)}\nworker after the kill:\n${workers[1]!.output().slice(-3000)}`);
+        })) as PipelineResult;
 
         const want = withoutWallClock(reference.metrics);
         const got = withoutWallClock(result.metrics);
