@@ -7,7 +7,9 @@ import { sharedTemporal } from './helpers/temporal';
 import { sharedMlflow } from './helpers/mlflow';
 import { tinySpec } from './helpers/specs';
 import { expandMatrix } from '../src/spec/load';
-import { createPipelineWorker } from '../src/worker/worker';
+import { Worker } from '@temporalio/worker';
+import { createPipelineWorker, workflowBundle } from '../src/worker/worker';
+import { createActivities } from '../activities';
 import { ArtifactStore } from '../src/store/store';
 import { MlflowClient } from '../src/tracking/mlflow';
 import { parseCharts } from '../src/report/browser-check';
@@ -54,6 +56,39 @@ describe('report of a tracked sweep over teachers.count (real Temporal and MLflo
         const teacherFigure = html.slice(html.indexOf('data-chart="teacher-curves"'), html.indexOf('data-chart="finetune-curves"'));
         assert.equal(teacherFigure.match(/<g class="mark-line role-mark/g)?.length, teachers, `cell ${index}`);
       }
+    } finally {
+      await fs.rm(storeRoot, { recursive: true, force: true });
+    }
+  });
+
+  it('a report that cannot be written leaves the pipeline completed, with the reason in its result', async () => {
+    const env = await sharedTemporal();
+    const storeRoot = await fs.mkdtemp(path.join(os.tmpdir(), 'report-fail-store-'));
+    const loaded = tinySpec("stages: {track: {retry: {maximumAttempts: 2, initialInterval: '100ms'}}}", `report-fail-${randomUUID().slice(0, 8)}`);
+    let attempts = 0;
+    const worker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: taskQueueName('cpu', PREFIX),
+      workflowBundle: await workflowBundle(),
+      activities: {
+        ...createActivities({ store: new ArtifactStore(storeRoot), tracker: null }),
+        writeReport: async () => {
+          attempts++;
+          throw new Error('disk full while writing the report');
+        },
+      },
+    });
+    try {
+      const result = (await worker.runUntil(
+        env.client.workflow.execute('pipeline', { taskQueue: taskQueueName('cpu', PREFIX), workflowId: `report-fail-${Date.now()}`, args: [{ spec: loaded.spec, specHash: loaded.hash, noCache: false, queuePrefix: PREFIX }] }),
+      )) as PipelineResult;
+      assert.equal(result.status, 'completed');
+      assert.equal(attempts, 2, 'retried under the track stage policy, then given up');
+      assert.equal(result.report?.state, 'failed');
+      assert.match(result.report!.note!, /disk full while writing the report/);
+      assert.equal(result.artifacts.report, undefined);
+      assert.equal(result.stages.evaluate?.state, 'completed');
+      assert.ok(result.metrics['acc.ensemble']! > 0);
     } finally {
       await fs.rm(storeRoot, { recursive: true, force: true });
     }
