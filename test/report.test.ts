@@ -187,4 +187,29 @@ describe('HTML report in headless Chromium', function () {
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('tells an undrawn chart apart: the same page with one chart emptied has no marks and no ink there', async function () {
+    if (!chromium) {
+      this.test!.title += ' — SKIPPED: chromium is not on PATH (scripts/setup-chromium.sh installs it as root)';
+      this.skip();
+    }
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'report-chromium-blank-'));
+    try {
+      const html = await renderReport(runInput());
+      // Keep the accuracy chart's <svg> element and size, drop everything drawn inside it.
+      const start = html.indexOf('<svg', html.indexOf('data-chart="accuracy"'));
+      const openEnd = html.indexOf('>', start) + 1;
+      const end = html.indexOf('</svg>', start);
+      const emptied = html.slice(0, openEnd) + html.slice(end);
+      const file = await writeReportFile(path.join(dir, 'report.html'), emptied);
+      const check = await checkReportInChromium(file, chromium!, dir);
+      const accuracy = check.charts.find((c) => c.id === 'accuracy')!;
+      assert.equal(accuracy.markGroups, 0);
+      assert.ok(accuracy.pixels > 0 && accuracy.inkPixels / accuracy.pixels < 0.001, `${accuracy.inkPixels} of ${accuracy.pixels}`);
+      const teachers = check.charts.find((c) => c.id === 'teacher-curves')!;
+      assert.ok(teachers.inkPixels / teachers.pixels > 0.01);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
 });
