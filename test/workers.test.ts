@@ -8,9 +8,9 @@ import type { WorkflowHandle } from '@temporalio/client';
 import { sharedTemporal } from './helpers/temporal';
 import { tinySpec } from './helpers/specs';
 import { BIN } from './helpers/cli';
-import { readLiveStatus } from '../src/cli/follow';
+import { defaultPayloadConverter } from '@temporalio/client';
 import { taskQueueName } from '../workflows/queues';
-import type { PipelineInput, PipelineResult } from '../workflows/types';
+import type { PipelineInput, PipelineResult, StageHeartbeat } from '../workflows/types';
 
 /*
  * Many workers on one real Temporal dev server, each a separate `weightformer worker` process with its own
@@ -92,6 +92,26 @@ async function activityRuns(handle: WorkflowHandle): Promise<ActivityRun[]> {
 
 const overlaps = (a: ActivityRun, b: ActivityRun) => a.startedMs < b.closedMs && b.startedMs < a.closedMs;
 
+
+/**
+ * The running stage as the server sees it (describe(): pending activity, heartbeat details, attempt, worker).
+ * No query: a query waits for a workflow task on a busy worker, long enough to miss a whole stage.
+ */
+async function liveActivity(handle: WorkflowHandle) {
+  const description = await handle.describe();
+  const pending = description.raw.pendingActivities?.[0];
+  const payload = pending?.heartbeatDetails?.payloads?.[0];
+  const heartbeat = payload ? defaultPayloadConverter.fromPayload<StageHeartbeat>(payload as never) : null;
+  return {
+    running: description.status.name === 'RUNNING',
+    activity: pending?.activityType?.name ?? null,
+    heartbeat,
+    attempt: pending?.attempt ?? null,
+    identity: pending?.lastWorkerIdentity ?? null,
+    lastFailure: pending?.lastFailure?.message ?? null,
+  };
+}
+
 describe('many worker processes sharing one store', function () {
   this.timeout(600_000);
   let env: TestWorkflowEnvironment;
@@ -163,18 +183,17 @@ stages: {default: {heartbeatTimeout: '15s', retry: {initialInterval: '500ms', ma
     let victim: WorkerProcess | undefined;
     let stepAtKill = 0;
     while (!victim) {
-      const live = await readLiveStatus(handle);
+      const live = await liveActivity(handle);
       const checkpoint = live.heartbeat?.checkpoint as { unit?: string } | undefined;
       if (checkpoint?.unit === 'trainTeacher:teacher:1') {
-        const description = await handle.describe();
-        const identity = description.raw.pendingActivities?.[0]?.lastWorkerIdentity ?? '';
+        const identity = live.identity ?? '';
         victim = workers.find((w) => w.identity === identity);
         assert.ok(victim && identity.startsWith('cpu-'), `stage runs on '${identity}'`);
         stepAtKill = live.heartbeat!.step;
         await kill(victim);
-      } else if (live.progress && live.progress.state !== 'running') {
+      } else if (!live.running) {
         const failure = await handle.result().then(() => 'none', (err: Error) => `${err.message}: ${(err.cause as Error | undefined)?.message ?? ''} ${((err.cause as Error | undefined)?.cause as Error | undefined)?.message ?? ''}`);
-        assert.fail(`pipeline ended (${live.progress.state}) before a checkpoint of teacher 2: ${failure}\n${workers.map((w) => `${w.identity}: ${w.output()}`).join('\n')}`);
+        assert.fail(`pipeline ended before a checkpoint of teacher 2: ${failure}\n${workers.map((w) => `${w.identity}: ${w.output()}`).join('\n')}`);
       } else await new Promise((r) => setTimeout(r, 100));
     }
     const survivor = victim.identity === 'cpu-a' ? worker('cpu-b') : worker('cpu-a');
@@ -182,9 +201,8 @@ stages: {default: {heartbeatTimeout: '15s', retry: {initialInterval: '500ms', ma
     // The retried attempt starts from the checkpoint: its steps never fall back below the first checkpoint.
     const resumedSteps: number[] = [];
     for (;;) {
-      const live = await readLiveStatus(handle);
-      if (!live.progress || live.progress.state !== 'running') break;
-      if (live.progress.stage !== 'teachers') break;
+      const live = await liveActivity(handle);
+      if (!live.running || live.activity !== 'trainTeachers') break;
       if ((live.attempt ?? 1) >= 2 && live.heartbeat && live.heartbeat.step !== stepAtKill) resumedSteps.push(live.heartbeat.step);
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -199,5 +217,63 @@ stages: {default: {heartbeatTimeout: '15s', retry: {initialInterval: '500ms', ma
     assert.equal(teachers.identity, survivor.identity);
     // Every later stage ran on the survivor too: the killed one is gone.
     assert.ok(runs.filter((r) => r.type !== 'trainTeachers' && !r.queue.endsWith('-gpu')).every((r) => r.identity === survivor.identity));
+  });
+
+  it('a worker stopped with SIGTERM (docker stop, scale-down) fails its stage at once and another resumes it', async () => {
+    // The previous test may have left one CPU worker; a new one joins, as a replacement container would.
+    const isAlive = (w: WorkerProcess) => w.identity.startsWith('cpu-') && w.child.exitCode === null && w.child.signalCode === null;
+    if (workers.filter(isAlive).length < 2) {
+      const home = path.join(root, 'cpu-c');
+      await fs.mkdir(path.join(home, 'tmp'), { recursive: true });
+      workers.push(startWorker('cpu', 'cpu-c', store, home, env.address));
+    }
+    const alive = workers.filter(isAlive);
+
+    // The attempt's failure tells a shutdown hand-over from a heartbeat timeout. (The
+    // timeout also paces heartbeats: the SDK sends them at most every 80% of it, so it cannot be huge here.)
+    const loaded = tinySpec(`teachers: {count: 2, train: {epochs: 150, batchSize: 10, checkpointEvery: ${CHECKPOINT_EVERY}}}
+stages: {default: {heartbeatTimeout: '15s', retry: {initialInterval: '500ms', maximumAttempts: 5}}}`, 'test-workers-sigterm');
+    const input: PipelineInput = { spec: loaded.spec, specHash: loaded.hash, noCache: true, queuePrefix: PREFIX };
+    const handle = await start(input, 'workers-sigterm');
+    let stopped: WorkerProcess | undefined;
+    let stepAtStop = 0;
+    while (!stopped) {
+      const live = await liveActivity(handle);
+      const checkpoint = live.heartbeat?.checkpoint as { unit?: string } | undefined;
+      if (checkpoint?.unit === 'trainTeacher:teacher:1') {
+        const identity = live.identity ?? '';
+        stopped = alive.find((w) => w.identity === identity);
+        assert.ok(stopped, `stage runs on '${identity}'`);
+        stepAtStop = live.heartbeat!.step;
+        const exited = new Promise<number | null>((r) => stopped!.child.once('exit', (code) => r(code)));
+        stopped.child.kill('SIGTERM');
+        assert.equal(await exited, 0, `worker did not exit cleanly:\n${stopped.output()}`);
+      } else if (!live.running) {
+        const failure = await handle.result().then(() => 'none', (err: Error) => `${err.message}: ${(err.cause as Error | undefined)?.message ?? ''}`);
+        assert.fail(`pipeline ended before a checkpoint of teacher 2: ${failure}`);
+      } else await new Promise((r) => setTimeout(r, 100));
+    }
+
+    // The stopped worker reported the attempt failed because it shut down (not a timeout), and the retry
+    // continued from the checkpoint.
+    const failures = new Set<string>();
+    const resumedSteps: number[] = [];
+    for (;;) {
+      const live = await liveActivity(handle);
+      if (!live.running || live.activity !== 'trainTeachers') break;
+      if (live.lastFailure) failures.add(live.lastFailure);
+      if ((live.attempt ?? 1) >= 2 && live.heartbeat && live.heartbeat.step !== stepAtStop) resumedSteps.push(live.heartbeat.step);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const result = (await handle.result()) as PipelineResult;
+    assert.equal(result.status, 'completed');
+    // The SDK's words for a shutdown ("Worker is shutting down…"), not "activity Heartbeat timeout".
+    assert.equal(failures.size, 1, [...failures].join(' | '));
+    assert.match([...failures][0]!, /shutting down/i);
+    assert.ok(resumedSteps.length > 0 && Math.min(...resumedSteps) >= CHECKPOINT_EVERY, `steps after the stop: ${resumedSteps.slice(0, 10)}`);
+    const teachers = (await activityRuns(handle)).find((r) => r.type === 'trainTeachers')!;
+    assert.notEqual(teachers.identity, stopped.identity);
+    assert.ok(alive.some((w) => w.identity === teachers.identity), teachers.identity);
+    assert.equal(teachers.attempt, 2);
   });
 });
