@@ -309,16 +309,29 @@ const evaluate: Job<{ spec: PipelineSpec; models: EvaluateModels; consolidationS
     const load = (ref: string) => loadParams(rt, arch, ctx.store, ref);
     const teachers = await Promise.all(models.teachers.map(load));
     const metrics: Record<string, number> = {};
+    // Progress after every scored model: each is a heartbeat, so a long evaluation (many models, BN
+    // re-estimation, a slow or busy machine) is not taken for a dead worker.
+    const bnModels = rt.hasBatchNorm(arch) ? new Set(BN_RECOMPUTED.map(([, key]) => models[key]).filter((r) => typeof r === 'string')).size : 0;
+    const optionalModels = [models.avgNaive, models.avgAligned, models.avgAlignedFinetuned, models.kd, models.dataOnly, models.ablationStudent, models.student, models.studentFinetuned];
+    const totalSteps = teachers.length + 1 + optionalModels.filter((r) => r).length + bnModels + 1;
+    let step = 0;
+    const scored = (): void => ctx.progress({ phase: 'evaluate', step: ++step, totalSteps });
     const teacherAccs: number[] = [];
     for (const [i, t] of teachers.entries()) {
       const acc = await rt.accuracy(t, test);
       teacherAccs.push(acc);
       metrics[`acc.teacher_${i}`] = acc;
+      scored();
     }
     const teacherMean = teacherAccs.reduce((a, b) => a + b, 0) / teacherAccs.length;
     metrics['acc.teacher_mean'] = teacherMean;
     metrics['acc.ensemble'] = await rt.ensembleAccuracy(teachers, test);
-    const testAccuracy = async (ref: string) => rt.accuracy(await load(ref), test);
+    scored();
+    const testAccuracy = async (ref: string) => {
+      const acc = await rt.accuracy(await load(ref), test);
+      scored();
+      return acc;
+    };
     const optional: Array<[string, string | null]> = [
       ['acc.avg_naive', models.avgNaive],
       ['acc.avg_aligned', models.avgAligned],
@@ -348,6 +361,7 @@ const evaluate: Job<{ spec: PipelineSpec; models: EvaluateModels; consolidationS
         if (acc === undefined) {
           acc = await rt.accuracy(await rt.recomputeBn(await load(ref), split.consolidation, bnBatch), test);
           byRef.set(ref, acc);
+          scored();
         }
         metrics[name] = acc;
       }
@@ -357,6 +371,7 @@ const evaluate: Job<{ spec: PipelineSpec; models: EvaluateModels; consolidationS
     // How long KD from scratch needs to match the fine-tuned student, judged on validation (never test).
     if (models.kdEpochCurve && models.studentFinetuned && consolidationSeconds !== null) {
       const target = await rt.accuracy(await load(models.studentFinetuned), split.validation);
+      scored();
       const curve = await ctx.store.getJson<EpochTiming[]>(models.kdEpochCurve as `sha256:${string}`);
       const cap = KD_TO_MATCH_CAP_FACTOR * consolidationSeconds;
       const reach = secondsToReach(curve, target, cap);
