@@ -20,10 +20,12 @@ interface Cell {
 
 const root = path.resolve(__dirname, '../..');
 
-function runPipeline(file: string, extraArgs: string[]): Promise<{ cells: Cell[]; backend: string | undefined }> {
+/** `env`: extra environment of the CLI (e.g. TEMPORAL_ADDRESS of a stack the caller started and serves). */
+function runPipeline(file: string, extraArgs: string[], env: Record<string, string> = {}): Promise<{ cells: Cell[]; backend: string | undefined }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [path.join(root, 'bin/weightformer.js'), 'run', file, '--json', ...extraArgs], {
       stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, ...env },
     });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
@@ -68,10 +70,10 @@ export function qualitySummary(runs: Metrics[]): Record<string, Interval> {
 }
 
 /** One bench pipeline run through the CLI and summarised: the setting, the machine, every run's metrics, the summary. */
-export async function measureQuality(file: string, runArgs: string[]) {
+export async function measureQuality(file: string, runArgs: string[], env: Record<string, string> = {}) {
   const loaded = loadPipelineFile(file);
   const started = Date.now();
-  const { cells, backend } = await runPipeline(file, runArgs);
+  const { cells, backend } = await runPipeline(file, runArgs, env);
   const runs = cells.map((c) => ({ seed: c.cell.seed ?? loaded.spec.seed, ensemble: c.cell['teachers.ensembleIndex'] ?? 0, cell: c.cell, workflowId: c.workflowId, metrics: c.metrics }));
   const { spec } = loaded;
   const result = {

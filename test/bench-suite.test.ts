@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { loadPipelineFile, expandMatrix } from '../src/spec/load';
 import { InputError } from '../src/util/errors';
 import { initBackend } from '../src/ml/backend';
-import { parseSuiteArgs, quickQualityYaml, renderMarkdown, resultStem, SECTIONS, type SuiteResult } from '../bench/suite';
+import { freshQualityYaml, parseSuiteArgs, quickQualityYaml, renderMarkdown, resultStem, SECTIONS, type SuiteResult } from '../bench/suite';
 import { runCompute } from '../bench/compute';
 import { runScaling } from '../bench/scaling';
 import { runOrchestration } from '../bench/orchestration';
@@ -47,10 +47,10 @@ describe('bench suite', function () {
         const dir = mkdtempSync(path.join(os.tmpdir(), 'wf-bench-test-'));
         try {
           const quick = path.join(dir, 'quick.yaml');
-          writeFileSync(quick, quickQualityYaml(readFileSync(path.join(root, file), 'utf8')));
+          writeFileSync(quick, freshQualityYaml(quickQualityYaml(readFileSync(path.join(root, file), 'utf8')), 'abc123'));
           const full = loadPipelineFile(path.join(root, file)).spec;
           const { spec } = loadPipelineFile(quick);
-          assert.equal(spec.name, `${full.name}-quick`);
+          assert.equal(spec.name, `${full.name}-quick-abc123`);
           assert.notEqual(spec.tracking.experiment, full.tracking.experiment);
           assert.equal(expandMatrix(spec).length, 1);
           assert.ok(spec.zoo.count < full.zoo.count);
@@ -61,6 +61,22 @@ describe('bench suite', function () {
           rmSync(dir, { recursive: true, force: true });
         }
       });
+    }
+  });
+
+  it('renames a full bench pipeline per run (new workflow ids: --no-cache recomputes) and keeps its experiment and setting', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'wf-bench-test-'));
+    try {
+      const file = path.join(root, 'pipelines/bench-quality.yaml');
+      const copy = path.join(dir, 'full.yaml');
+      writeFileSync(copy, freshQualityYaml(readFileSync(file, 'utf8'), 'run1'));
+      const full = loadPipelineFile(file).spec;
+      const { spec } = loadPipelineFile(copy);
+      assert.equal(spec.name, `${full.name}-run1`);
+      assert.equal(spec.tracking.experiment, full.tracking.experiment);
+      assert.deepEqual({ ...spec, name: full.name }, full);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
