@@ -82,7 +82,7 @@ export async function trackedStage(
 }
 
 /**
- * Looks up a stage result. With `noCache` only results computed by this same workflow count (so a retried
+ * Looks up a stage result. With `noCache` only results computed by this same workflow run count (so a retried
  * attempt still reuses what its earlier attempt finished), never those of earlier runs.
  */
 export async function lookupCached<T>(deps: ActivityDeps, input: StageInput, key: string): Promise<T | undefined> {
@@ -90,7 +90,16 @@ export async function lookupCached<T>(deps: ActivityDeps, input: StageInput, key
 }
 
 function lookupKey(input: StageInput, key: string): string {
-  return input.noCache ? cacheKey('run-scoped', { key, workflowId: input.workflowId }) : key;
+  return input.noCache ? runScopedKey(input, key) : key;
+}
+
+/**
+ * A `noCache` run's own key for a result: scoped by the workflow's run id, not only its id, because
+ * `weightformer run` gives every run of one spec the same workflow id (so a second `--no-cache` run would
+ * otherwise be served the first one's results). Retries of an activity keep the run id.
+ */
+function runScopedKey(input: StageInput, key: string): string {
+  return cacheKey('run-scoped', { key, workflowId: input.workflowId, runId: Context.current().info.workflowExecution?.runId ?? null });
 }
 
 /**
@@ -116,7 +125,7 @@ export async function computeCached<T>(deps: ActivityDeps, input: StageInput, ke
 /** Records a stage result under its key, and under this run's scope for retries of a `noCache` run. */
 export async function storeCached(deps: ActivityDeps, input: StageInput, key: string, value: unknown): Promise<void> {
   await deps.store.putCached(key, value);
-  if (input.noCache) await deps.store.putCached(cacheKey('run-scoped', { key, workflowId: input.workflowId }), value);
+  if (input.noCache) await deps.store.putCached(runScopedKey(input, key), value);
 }
 
 /**
