@@ -96,7 +96,7 @@ describe('shared store: a stage resumes on another machine', function () {
     const homeB = path.join(root, 'machine-b');
     for (const dir of [store, path.join(homeA, 'tmp'), path.join(homeB, 'tmp')]) await fs.mkdir(dir, { recursive: true });
 
-    const loaded = tinySpec(`teachers: {count: 2, train: {epochs: 150, batchSize: 10, checkpointEvery: ${CHECKPOINT_EVERY}}}
+    const loaded = tinySpec(`teachers: {count: 2, train: {epochs: 250, batchSize: 10, checkpointEvery: ${CHECKPOINT_EVERY}}}
 stages: {default: {heartbeatTimeout: '15s', retry: {initialInterval: '500ms', maximumAttempts: 5}}}`, 'test-shared-store');
     const input: PipelineInput = { spec: loaded.spec, specHash: loaded.hash, noCache: true, queuePrefix: PREFIX };
 

@@ -62,5 +62,9 @@ export async function createPipelineWorker(options: WorkerOptions): Promise<Work
     activities: createActivities({ store, tracker }),
     ...(options.identity ? { identity: options.identity } : {}),
     maxConcurrentActivityTaskExecutions: maxConcurrentStages(options.taskQueue),
+    // The SDK sends heartbeats at most every 0.8 × heartbeatTimeout (up to a minute); a checkpoint waits for
+    // the next one. Sending every 2 s instead bounds how far behind the server's checkpoint reference (what
+    // another worker resumes from) and the progress `status` shows can be, whatever the timeout.
+    maxHeartbeatThrottleInterval: '2s',
   });
 }
