@@ -8,6 +8,4 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error >&2
 fi
 bash scripts/setup-python.sh >/dev/null
-# Chromium for the report's browser test: installed only when missing and we are root (apt), else skipped.
-bash scripts/setup-chromium.sh >&2
 node_modules/.bin/tsc -p . >&2

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type { BackendDeps, GpuAdapterSummary } from '../src/ml/backend';
-import { initBackend, loadTensorflow, probeWebgpuAdapter, softwareAdapterReason } from '../src/ml/backend';
+import { initBackend, loadTensorflow, softwareAdapterReason } from '../src/ml/backend';
 import { tf } from '../src/ml/tf';
 import { InputError } from '../src/util/errors';
 
@@ -142,13 +142,12 @@ describe('ml backend selection', function () {
     await assert.rejects(initBackend('tpu' as never), InputError);
   });
 
-  it('the real probes report nothing on a machine without the optional packages', async function () {
-    if (isInstalled('webgpu')) this.skip();
-    assert.equal(await probeWebgpuAdapter(), null);
-    if (!isInstalled('@tensorflow/tfjs-node') && !isInstalled('@tensorflow/tfjs-node-gpu')) {
-      assert.equal(await loadTensorflow(), null);
-      const choice = await initBackend('auto');
-      assert.equal(choice.backend, 'wasm');
-    }
+  // webgpu is a dependency now (its real probe is tested in bench-gpu-path.test.ts); tfjs-node stays an
+  // optional peer that cannot be installed here, so its real loader must answer null, not throw.
+  it('the real tensorflow loader reports nothing when tfjs-node is not installed, and loads it when it is', async () => {
+    const installed = isInstalled('@tensorflow/tfjs-node') || isInstalled('@tensorflow/tfjs-node-gpu');
+    const loaded = await loadTensorflow();
+    if (installed) assert.match(String(loaded), /^@tensorflow\/tfjs-node/);
+    else assert.equal(loaded, null);
   });
 });
