@@ -26,7 +26,7 @@ const SPEC = tinySpec(
 zoo: {count: 4, train: {epochs: 1, batchSize: 50}}
 weightformer: {mode: train, validationTeachers: 2, validationEnsembles: 1, train: {steps: 200, batchSize: 32, tMin: 2, tMax: 3, checkpointEvery: ${INTERVAL.weightformer}, evalEvery: 100}}
 generate: {method: weightformer}
-finetune: {epochs: 100, batchSize: 10, checkpointEvery: ${INTERVAL.finetune}}
+finetune: {epochs: 300, batchSize: 10, checkpointEvery: ${INTERVAL.finetune}}
 baselines: {include: [teachers, ensemble, avg_naive, avg_aligned, kd], kd: {epochs: 100, batchSize: 10, checkpointEvery: ${INTERVAL.kd}}}
 tracking: {enabled: true, experiment: ${EXPERIMENT}}
 stages:
