@@ -178,6 +178,9 @@ export interface WatchStatus {
   /** Teacher versions seen at the last poll. */
   teacherVersions: string[];
   consolidations: ConsolidationRecord[];
-  /** The last consolidation's failure, if it failed (the watcher keeps watching). */
+  /**
+   * The last consolidation's failure, if it failed, or the last registry poll's (`registry poll: …`, cleared
+   * by the next successful poll); the watcher keeps watching either way.
+   */
   lastError?: string;
 }

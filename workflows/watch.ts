@@ -4,6 +4,7 @@ import {
   defineQuery,
   defineSignal,
   executeChild,
+  CancellationScope,
   proxyActivities,
   setHandler,
   workflowInfo,
@@ -20,6 +21,9 @@ export const watchStatusQuery = defineQuery<WatchStatus>('watchStatus');
 export const pollNowSignal = defineSignal('pollNow');
 /** End the watcher after the consolidation in progress, if any. */
 export const stopWatchSignal = defineSignal('stopWatch');
+
+/** Prefix of `lastError` when the registry poll itself failed (not a consolidation). */
+const POLL_ERROR = 'registry poll: ';
 
 /** Finished consolidations carried across continue-as-new (the newest; older ones are in MLflow). */
 const KEPT_RECORDS = 20;
@@ -68,14 +72,17 @@ export async function watch(input: WatchInput): Promise<WatchStatus> {
     try {
       poll = await registry.pollTeacherVersions({ spec });
     } catch (err) {
-      // A registry that stays down past the retry policy is waited out; a configuration error ends the watcher.
-      if (isNonRetryable(err)) throw err;
+      // A registry that stays down past the retry policy is waited out; a configuration error (or the
+      // watcher's cancellation) ends the watcher.
+      if (cancelled() || isNonRetryable(err)) throw err;
       status.polls++;
-      status.lastError = `registry poll: ${failureText(err)}`;
+      status.lastError = `${POLL_ERROR}${failureText(err)}`;
       await condition(() => stopRequested || pollRequested, trigger.pollInterval as Duration);
       continue;
     }
     status.polls++;
+    // A poll error is stale once a poll succeeds (a consolidation's error stays until the next consolidation).
+    if (status.lastError?.startsWith(POLL_ERROR)) delete status.lastError;
     status.teacherVersions = poll.teacherVersions;
     const plan = poll.plan;
     if (plan && !sameList(plan.teacherVersions, last)) {
@@ -115,6 +122,9 @@ export async function watch(input: WatchInput): Promise<WatchStatus> {
         }
         delete status.lastError;
       } catch (err) {
+        // Cancelling the watcher cancels its consolidation: that ends the watcher, it is not a failure to
+        // report. (A consolidation cancelled on its own is one: the watcher goes on.)
+        if (cancelled()) throw err;
         // The watcher outlives a failed consolidation: it is reported here (and in the child's history)
         // and tried again only when the teacher set changes.
         status.lastError = `${childId}: ${failureText(err)}`;
@@ -131,6 +141,11 @@ export async function watch(input: WatchInput): Promise<WatchStatus> {
     return status;
   }
   return continueAsNew<typeof watch>({ ...input, lastTeacherVersions: last ?? undefined, consolidations: status.consolidations, pollsBefore: status.polls });
+}
+
+/** Whether this watcher was asked to cancel (not merely a child or an activity of it). */
+function cancelled(): boolean {
+  return CancellationScope.current().consideredCancelled;
 }
 
 function sameList(a: string[], b: string[] | null): boolean {

@@ -194,6 +194,7 @@ async function watchCommand(file: string, opts: { stop: boolean; stateDir?: stri
     if (!stack) return 0;
     // Local mode: report each consolidation until interrupted.
     let reported = 0;
+    let lastError: string | undefined;
     let interrupted = false;
     const onSignal = () => {
       interrupted = true;
@@ -206,7 +207,11 @@ async function watchCommand(file: string, opts: { stop: boolean; stateDir?: stri
         log(`consolidated ${c.teacherVersions.join(', ')} → student ${c.studentVersion ?? '(not registered)'} with WeightFormer ${c.weightformerVersion ?? '(none)'} (${c.workflowId})`);
       }
       if (status) reported = status.consolidations.length;
-      if (status?.lastError) log(`last consolidation failed: ${status.lastError}`);
+      // Said once when it appears (the status keeps it until the next consolidation or successful poll).
+      if (status && status.lastError !== lastError) {
+        if (status.lastError) log(`watcher error: ${status.lastError}`);
+        lastError = status.lastError;
+      }
       await new Promise((r) => setTimeout(r, 2000));
     }
     return 0;
