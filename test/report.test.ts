@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { renderResultTable } from '../src/cli/table';
-import { gainPoints, renderReport, sweepAccuracyPoints, writeReportFile, type ReportCell, type ReportInput } from '../src/report';
+import { baselineRows, gainPoints, renderReport, sweepAccuracyPoints, writeReportFile, type ReportCell, type ReportInput } from '../src/report';
 import { checkReportInChromium, findChromium, parseCharts } from '../src/report/browser-check';
 import type { PipelineResult } from '../workflows/types';
 
@@ -102,6 +102,14 @@ describe('HTML report (rendered from fixture results)', () => {
     const teacherFigure = html.slice(html.indexOf('data-chart="teacher-curves"'), html.indexOf('data-chart="weightformer-loss"'));
     const linePaths = [...teacherFigure.matchAll(/<g class="mark-line role-mark[^"]*"[^>]*>([\s\S]*?)<\/g>/g)].map((m) => m[1]!.match(/<path\b/g)?.length ?? 0);
     assert.deepEqual(linePaths, [1, 1, 1]);
+  });
+
+  it('lists the teachers in teacher order, as the CLI table does (teacher 10 after teacher 2)', () => {
+    const metrics = { 'acc.teacher_10': 0.8, 'acc.teacher_2': 0.81, 'acc.teacher_1': 0.82, 'acc.ensemble': 0.9 };
+    assert.deepEqual(baselineRows(metrics).map((r) => r.metric), ['acc.teacher_1', 'acc.teacher_2', 'acc.teacher_10', 'acc.ensemble']);
+    const result: PipelineResult = { status: 'completed', workflowId: 'w', mlflowRunId: null, mlflowExperimentId: null, metrics, tags: {}, stages: {}, artifacts: {} };
+    const cliRows = renderResultTable(result).split('\n').map((l) => l.split(/\s+/)[0]!).filter((k) => k.startsWith('acc.'));
+    assert.deepEqual(cliRows, baselineRows(metrics).map((r) => r.metric));
   });
 
   it('is self-contained and reproducible: no script, nothing fetched, the same bytes for the same results', async () => {

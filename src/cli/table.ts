@@ -14,6 +14,12 @@ export const ACCURACY_ROWS: Array<[string, string]> = [
   ['acc.student_finetuned', 'student, fine-tuned'],
 ];
 
+/** The individual teachers' accuracy keys (`acc.teacher_<i>`) in teacher order: teacher_2 before teacher_10. */
+export function teacherAccuracyKeys(metrics: Record<string, number>): string[] {
+  const index = (key: string) => Number(key.slice('acc.teacher_'.length));
+  return Object.keys(metrics).filter((k) => /^acc\.teacher_\d+$/.test(k)).sort((a, b) => index(a) - index(b));
+}
+
 /** The final table `weightformer run` prints: every baseline, the student, gain captured and times. */
 export function renderResultTable(result: PipelineResult): string {
   if (result.cells) {
@@ -27,7 +33,7 @@ export function renderResultTable(result: PipelineResult): string {
   const row = (metric: string, label: string, value: string) => lines.push(`${metric.padEnd(30)} ${label.padEnd(36)} ${value}`);
   row('metric', 'model', 'test accuracy');
   row('-'.repeat(30), '-'.repeat(36), '-------------');
-  for (const key of Object.keys(m).filter((k) => /^acc\.teacher_\d+$/.test(k)).sort()) row(key, `teacher ${key.split('_')[1]}`, pct(m[key]));
+  for (const key of teacherAccuracyKeys(m)) row(key, `teacher ${key.split('_')[1]}`, pct(m[key]));
   for (const [key, label] of ACCURACY_ROWS) if (m[key] !== undefined) row(key, label, pct(m[key]));
   lines.push('');
   for (const key of ['gain_captured.zero_shot', 'gain_captured.finetuned', 'ratio.consolidate_over_kd_to_match']) if (m[key] !== undefined) row(key, '', fmt(m[key]));

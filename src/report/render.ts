@@ -1,4 +1,4 @@
-import { ACCURACY_ROWS } from '../cli/table';
+import { ACCURACY_ROWS, teacherAccuracyKeys } from '../cli/table';
 import { mean, pairedBootstrap } from '../../bench/stats';
 import { accuracyChartSpec, curvesChartSpec, gainChartSpec, renderSvg, type AccuracyPoint, type GainPoint } from './charts';
 import type { Curve, ReportCell, ReportCurves, ReportInput } from './types';
@@ -22,7 +22,7 @@ export interface BaselineRow {
 
 export function baselineRows(metrics: Record<string, number>): BaselineRow[] {
   const rows: BaselineRow[] = [];
-  for (const key of Object.keys(metrics).filter((k) => /^acc\.teacher_\d+$/.test(k)).sort()) {
+  for (const key of teacherAccuracyKeys(metrics)) {
     rows.push({ metric: key, label: `teacher ${key.split('_')[1]}`, kind: 'teacher', accuracy: metrics[key]! });
   }
   for (const [key, label] of ACCURACY_ROWS) {
