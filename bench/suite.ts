@@ -319,6 +319,9 @@ export function renderMarkdown(r: SuiteResult): string {
 
   L.push('', '## Quality', '');
   if (!failed('quality', r.sections.quality) && r.sections.quality?.status === 'ok') {
+    if (r.sections.quality.result.length > 1) {
+      L.push('The pipelines ran at the same time on one worker (two stages at once): their `seconds.*` and `ratio.*` figures and wall times include contention with each other; the accuracies do not depend on it.', '');
+    }
     for (const q of r.sections.quality.result) {
       L.push(`### ${q.family} (${q.pipeline}, ${q.runs} run${q.runs === 1 ? '' : 's'}, ${q.backend}, ${num(q.wallSeconds, 0)} s)`, '');
       if (q.reduced) L.push(`Setting: ${q.reduced}.`, '');
