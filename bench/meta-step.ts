@@ -3,7 +3,7 @@
  * exact step `metaTrain` runs, or the plain port of bench/plain-port.ts) and one student training step,
  * on whatever backend is active. Used by the suite (bench/suite.ts) and the GPU entry (bench/gpu-entry.ts).
  *
- * Shapes follow the prototype's meta-step (DESIGN.md "Compute backends"): MLP 784-64-10 students (74 rows),
+ * Shapes follow the seed prototype's meta-step (its design notes are not in this repository): MLP 784-64-10 students (74 rows),
  * T teachers, d = 64 (the default config), a batch of consolidation digits. Teachers are freshly
  * initialised MLPs: timing and kernel counts do not depend on what the teachers learned.
  */

@@ -8,6 +8,11 @@
  * tensors; and (in `plainMetaStep`) Adam per parameter tensor. Every loop body is one or a few small kernels,
  * which is what made the prototype dispatch-bound on a GPU.
  *
+ * Caveat on the count: the per-teacher and per-head pieces are sliced out of the batched inputs (tokens,
+ * qkv) and joined again, so Slice / Concat kernels and their gradients (PadV2, SplitV) — about 800 of the
+ * 3,513 "computing" kernels at the prototype's shape (bench-2026-12-01-vm-0132.json) — are glue a prototype
+ * holding per-teacher tensors need not have dispatched. Read the kernel ratio as an upper bound.
+ *
  * Supports the MLP family with the options that do not change the block structure (no mixing head, no BN
  * variance columns); anything else is refused rather than silently computed differently.
  */
