@@ -198,5 +198,26 @@ describe('docker/ deployment files (checked without a container engine)', functi
         assert.match(text, /^ENTRYPOINT \["node", "\/app\/bin\/weightformer\.js"\]$/m);
       }
     });
+
+    it('what they ship needs nothing outside it: every relative require of the shipped folders stays inside them', async () => {
+      // The bench suite is loaded lazily by `weightformer bench` only; the images do not ship bench/.
+      const lazy = new Set(['dist/src/cli/main.js -> ../../bench/suite']);
+      const text = await fs.readFile(path.join(DOCKER, 'Dockerfile.worker-cpu'), 'utf8');
+      const shipped = [...text.matchAll(/^COPY --from=build \/app\/(dist\/\S+) /gm)].map((m) => m[1]!);
+      const outside: string[] = [];
+      for (const folder of shipped) {
+        const files = (await fs.readdir(path.join(ROOT, folder), { recursive: true })).filter((f) => f.endsWith('.js'));
+        for (const file of files) {
+          const from = path.join(folder, file);
+          const source = await fs.readFile(path.join(ROOT, from), 'utf8');
+          for (const m of source.matchAll(/require\("(\.{1,2}\/[^"]+)"\)|require\('(\.{1,2}\/[^']+)'\)/g)) {
+            const spec = m[1] ?? m[2]!;
+            const target = path.relative(ROOT, path.resolve(ROOT, path.dirname(from), spec));
+            if (!shipped.some((f) => target === f || target.startsWith(`${f}/`)) && !lazy.has(`${from} -> ${spec}`)) outside.push(`${from} -> ${spec}`);
+          }
+        }
+      }
+      assert.deepEqual(outside, []);
+    });
   });
 });

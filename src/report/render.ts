@@ -1,5 +1,5 @@
 import { ACCURACY_ROWS, teacherAccuracyKeys } from '../cli/table';
-import { mean, pairedBootstrap } from '../../bench/stats';
+import { mean, pairedBootstrap } from '../util/stats';
 import { accuracyChartSpec, curvesChartSpec, gainChartSpec, renderSvg, type AccuracyPoint, type GainPoint } from './charts';
 import type { Curve, ReportCell, ReportCurves, ReportInput } from './types';
 
