@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Debian's `chromium` for the report's browser test (test/report-chromium.test.ts opens each HTML
+# Installs Debian's `chromium` for the report's browser test (test/report.test.ts opens an HTML
 # report headless and checks its charts are drawn). Only when it is missing and we are root, since it needs
 # apt; otherwise it says nothing and the test skips itself, naming why. One installer at a time: npm
 # pre-scripts of two commands may race, and apt holds its own lock anyway.
