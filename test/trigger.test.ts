@@ -4,12 +4,14 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { promises as fs } from 'node:fs';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { WorkflowHandle } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { CancelledFailure } from '@temporalio/common';
+import { Worker } from '@temporalio/worker';
 import { sharedTemporal } from './helpers/temporal';
 import { sharedMlflow } from './helpers/mlflow';
 import { tinySpec } from './helpers/specs';
 import { runCli } from './helpers/cli';
-import { createPipelineWorker } from '../src/worker/worker';
+import { createPipelineWorker, workflowBundle } from '../src/worker/worker';
 import { ArtifactStore } from '../src/store/store';
 import { MlflowClient, type ModelVersion } from '../src/tracking/mlflow';
 import { studentRegistryFiles } from '../src/runner/families';
@@ -55,6 +57,55 @@ trigger: {registeredModel: teachers, teacherTag: {key: role, value: teacher}}`);
     assert.equal('trigger' in child, false);
     assert.equal(child.weightformer.reuse, 'auto');
     assert.equal(spec.teachers.source, 'train', 'the watcher spec is not changed');
+  });
+});
+
+describe('the watch workflow with stub registry activities (real Temporal dev server)', function () {
+  this.timeout(120_000);
+
+  it('clears a registry-poll error once a poll succeeds, and a cancelled watcher ends cancelled', async () => {
+    const env = await sharedTemporal();
+    const prefix = `watch-stub-${randomUUID().slice(0, 8)}`;
+    const { spec, hash } = tinySpec(`weightformer: {mode: train, reuse: auto, validationTeachers: 2, model: {d: 16, heads: 2, blocks: 1}, train: {tMin: 2, tMax: 3}}
+zoo: {count: 3}
+generate: {method: weightformer}
+teachers: {count: 2}
+tracking: {enabled: true, registerModel: student}
+stages: {track: {retry: {maximumAttempts: 1}}}
+trigger: {registeredModel: teachers, teacherTag: {key: role, value: teacher}, pollInterval: 100ms, pollsPerRun: 1000}`);
+    let polls = 0;
+    const worker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: taskQueueName('cpu', prefix),
+      workflowBundle: await workflowBundle(),
+      activities: {
+        // The registry is down for the first poll only; no teachers after that.
+        pollTeacherVersions: async () => {
+          polls++;
+          if (polls === 1) throw new Error('registry unreachable');
+          return { teacherVersions: [], plan: null };
+        },
+        recordStudentLineage: async () => undefined,
+      },
+    });
+    await worker.runUntil(async () => {
+      const input: WatchInput = { spec, specHash: hash, queuePrefix: prefix };
+      const handle = await env.client.workflow.start('watch', { taskQueue: taskQueueName('cpu', prefix), workflowId: `${prefix}-watch`, args: [input] });
+      const seen: Array<string | undefined> = [];
+      for (const deadline = Date.now() + 60_000; Date.now() < deadline; ) {
+        const s = await handle.query(watchStatusQuery);
+        seen.push(s.lastError);
+        if (s.polls >= 3) {
+          assert.equal(s.lastError, undefined, 'the poll error outlived a successful poll');
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.ok(seen.some((e) => e?.startsWith('registry poll: ') && e.includes('registry unreachable')), JSON.stringify(seen));
+      await handle.cancel();
+      const err = await handle.result().then(() => null, (e: unknown) => e);
+      assert.ok(err instanceof WorkflowFailedError && err.cause instanceof CancelledFailure, String(err));
+    });
   });
 });
 
