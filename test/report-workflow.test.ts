@@ -14,6 +14,7 @@ import { ArtifactStore } from '../src/store/store';
 import { MlflowClient } from '../src/tracking/mlflow';
 import { parseCharts } from '../src/report/browser-check';
 import { REPORT_ARTIFACT } from '../activities/report';
+import { gainPoints } from '../src/report';
 import { taskQueueName } from '../workflows/queues';
 import type { PipelineResult } from '../workflows/types';
 
@@ -44,6 +45,10 @@ describe('report of a tracked sweep over teachers.count (real Temporal and MLflo
       // One point per T and variant, at the T values swept.
       const gainFigure = sweepHtml.slice(sweepHtml.indexOf('data-chart="gain-vs-teachers"'));
       assert.match(gainFigure, /number of teachers T/);
+      const expected = gainPoints(result.cells!.map((c) => ({ cell: c.cell, workflowId: c.workflowId, mlflowRunId: c.mlflowRunId, metrics: c.metrics })));
+      assert.deepEqual([...new Set(expected.map((g) => g.teachers))], [2, 3]);
+      const symbols = /<g class="mark-symbol role-mark[^"]*"[^>]*>([\s\S]*?)<\/g>/.exec(gainFigure)?.[1] ?? '';
+      assert.equal(symbols.match(/<path\b/g)?.length ?? 0, expected.length);
 
       // Each cell's own report: the curves its stages logged (two teachers in cell 0, three in cell 1).
       for (const [index, teachers] of [[0, 2], [1, 3]] as const) {
