@@ -154,7 +154,12 @@ async function watchCommand(file: string, opts: { stop: boolean; stateDir?: stri
   const workflowId = `watch-${loaded.spec.name}-${loaded.hash.slice(0, 12)}`;
   const external = process.env.TEMPORAL_ADDRESS || undefined;
   if (opts.stop) {
-    const client = await connectClient(requireAddress());
+    if (!external) {
+      // Without a cluster the watcher lives in the embedded stack of its own `weightformer watch` process.
+      log('weightformer watch --stop needs TEMPORAL_ADDRESS (the cluster the watcher runs on); a local watcher is served by its `weightformer watch` process until Ctrl-C');
+      return 2;
+    }
+    const client = await connectClient(external);
     await client.workflow.getHandle(workflowId).signal(stopWatchSignal);
     log(`stop signal sent to ${workflowId}`);
     return 0;
