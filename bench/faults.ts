@@ -1,5 +1,6 @@
 /**
- * `npm run test:faults`: runs the fault suites (dist/test/faults/*.test.js) against real servers and writes
+ * `npm run test:faults`: runs the fault suites (dist/test/faults/*.fault.js; named so that
+ * the plain `npm test` glob, *.test.js, leaves them out) against real servers and writes
  * bench/results/faults-<date>-<host>-<hhmm>.json (`rows[]`, one per scenario, each measured by its test)
  * and a Markdown table beside it. Exits non-zero when a test failed.
  *
@@ -11,7 +12,6 @@ import * as path from 'node:path';
 import Mocha from 'mocha';
 
 async function main(): Promise<number> {
-  process.env.WEIGHTFORMER_FAULT_SUITE = '1';
   const args = process.argv.slice(2);
   const arg = (name: string) => {
     const i = args.indexOf(name);
@@ -20,11 +20,11 @@ async function main(): Promise<number> {
   const outDir = path.resolve(arg('--out') ?? path.join(__dirname, '../../bench/results'));
   const grep = arg('--grep');
   const testDir = path.join(__dirname, '../test/faults');
-  // Required only now, after WEIGHTFORMER_FAULT_SUITE is set: the suites read it when they load.
+  // The same module instance the suites record their rows into.
   const { faultRows } = await import('../test/faults/rows.js');
   const setup = await import('../test/setup.js');
   const mocha = new Mocha({ timeout: 600_000, rootHooks: setup.mochaHooks as Mocha.RootHookObject, ...(grep ? { grep } : {}) });
-  for (const f of fs.readdirSync(testDir).filter((f) => f.endsWith('.test.js')).sort()) mocha.addFile(path.join(testDir, f));
+  for (const f of fs.readdirSync(testDir).filter((f) => f.endsWith('.fault.js')).sort()) mocha.addFile(path.join(testDir, f));
   const started = Date.now();
   const failures = await new Promise<number>((resolve) => mocha.run(resolve));
   const seconds = Math.round((Date.now() - started) / 1000);

@@ -8,4 +8,11 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error >&2
 fi
 bash scripts/setup-python.sh >/dev/null
+# Compiled files whose TypeScript source is gone (renamed or deleted) would still be found by mocha's glob.
+if [ -d dist ]; then
+  find dist -name '*.js' -not -path 'dist/node_modules/*' | while read -r compiled; do
+    source_file="${compiled#dist/}"; source_file="${source_file%.js}.ts"
+    [ -f "$source_file" ] || rm -f "$compiled" "$compiled.map"
+  done
+fi
 node_modules/.bin/tsc -p . >&2

@@ -28,12 +28,3 @@ export function recordFault(row: FaultRow): void {
 export function faultRows(): readonly FaultRow[] {
   return rows;
 }
-
-/**
- * The fault suites start real servers, kill processes and take minutes; they run under `npm run test:faults`
- * (which sets WEIGHTFORMER_FAULT_SUITE=1), not in the plain `npm test`, whose glob also finds these files.
- */
-export function describeFaults(name: string, body: (this: Mocha.Suite) => void): Mocha.Suite | void {
-  if (process.env.WEIGHTFORMER_FAULT_SUITE === '1') return describe(name, body);
-  return describe.skip(`${name} (skipped: runs only under npm run test:faults)`, body);
-}

@@ -19,7 +19,7 @@ import type { ArchitectureSpec } from '../../src/spec/types';
 import type { PipelineInput } from '../../workflows/types';
 import { NON_RETRYABLE } from '../../workflows/pipeline';
 import { taskQueueName } from '../../workflows/queues';
-import { describeFaults, recordFault } from './rows';
+import { recordFault } from './rows';
 
 const PREFIX = 'faults-bad-input';
 const QUEUE = taskQueueName('cpu', PREFIX);
@@ -31,7 +31,7 @@ function halfWritten(dir: string): string[] {
   return (fs.readdirSync(dir, { recursive: true }) as string[]).filter((f) => /\.tmp-|\.part$|\.partial$|\.download/.test(path.basename(f)));
 }
 
-describeFaults('fault: bad teachers, paths and URLs', function () {
+describe('fault: bad teachers, paths and URLs', function () {
   this.timeout(600_000);
   let env: TestWorkflowEnvironment;
   let tmp: string;

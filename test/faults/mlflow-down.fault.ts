@@ -13,7 +13,7 @@ import { StageTracker } from '../../activities/tracking';
 import { ArtifactStore } from '../../src/store/store';
 import type { PipelineInput, PipelineResult } from '../../workflows/types';
 import { taskQueueName } from '../../workflows/queues';
-import { describeFaults, recordFault } from './rows';
+import { recordFault } from './rows';
 import { auditMlflow, compareAudits, killProcess, mlflowClient, startWorkerProcess, withoutWallClock, type WorkerProcess } from './harness';
 
 const PREFIX = 'faults-mlflow-down';
@@ -32,7 +32,7 @@ tracking: {enabled: true, experiment: ${EXPERIMENT}}`,
   'faults-mlflow-down',
 );
 
-describeFaults('fault: MLflow down mid-run', function () {
+describe('fault: MLflow down mid-run', function () {
   this.timeout(900_000);
   let env: TestWorkflowEnvironment;
   let stateDir: string;

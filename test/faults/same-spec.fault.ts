@@ -8,7 +8,7 @@ import { tinySpec } from '../helpers/specs';
 import { ArtifactStore, type ArtifactRef } from '../../src/store/store';
 import type { PipelineInput, PipelineResult } from '../../workflows/types';
 import { taskQueueName } from '../../workflows/queues';
-import { describeFaults, recordFault } from './rows';
+import { recordFault } from './rows';
 import { killProcess, startWorkerProcess, withoutWallClock, withoutWallClockArtifacts, type WorkerProcess } from './harness';
 
 const PREFIX = 'faults-same-spec';
@@ -31,7 +31,7 @@ async function corruptObjects(store: ArtifactStore): Promise<string[]> {
   return bad;
 }
 
-describeFaults('fault: the same spec run twice at once', function () {
+describe('fault: the same spec run twice at once', function () {
   this.timeout(900_000);
   let env: TestWorkflowEnvironment;
 

@@ -6,7 +6,7 @@ import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { sharedTemporal } from '../helpers/temporal';
 import { runCli } from '../helpers/cli';
 import { ArtifactStore } from '../../src/store/store';
-import { describeFaults, recordFault } from './rows';
+import { recordFault } from './rows';
 import { killProcess, startWorkerProcess, withoutWallClock } from './harness';
 
 const PREFIX = 'faults-determinism';
@@ -28,7 +28,7 @@ tracking: {enabled: false}
 `;
 }
 
-describeFaults('fault: determinism with --no-cache', function () {
+describe('fault: determinism with --no-cache', function () {
   this.timeout(900_000);
   let env: TestWorkflowEnvironment;
   before(async () => {

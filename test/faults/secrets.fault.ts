@@ -12,7 +12,7 @@ import { SpecError } from '../../src/util/errors';
 import type { MlflowClient } from '../../src/tracking/mlflow';
 import type { PipelineInput, PipelineResult } from '../../workflows/types';
 import { taskQueueName } from '../../workflows/queues';
-import { describeFaults, recordFault } from './rows';
+import { recordFault } from './rows';
 import { killProcess, mlflowClient, startWorkerProcess } from './harness';
 
 const PREFIX = 'faults-secrets';
@@ -37,7 +37,7 @@ async function allArtifacts(client: MlflowClient, runId: string, dir = ''): Prom
   return out;
 }
 
-describeFaults('fault: the MLflow token stays secret', function () {
+describe('fault: the MLflow token stays secret', function () {
   this.timeout(900_000);
   let env: TestWorkflowEnvironment;
   let mlflowUrl: string;

@@ -8,7 +8,7 @@ import { startTemporalDevServer, type TemporalDevServer } from '../../src/stack/
 import { readLiveStatus } from '../../src/cli/follow';
 import type { PipelineInput, PipelineResult } from '../../workflows/types';
 import { taskQueueName } from '../../workflows/queues';
-import { describeFaults, recordFault } from './rows';
+import { recordFault } from './rows';
 import { killProcess, startWorkerProcess, type WorkerProcess } from './harness';
 
 const PREFIX = 'faults-temporal';
@@ -28,7 +28,7 @@ function pidsWith(needle: string): number[] {
   return pids;
 }
 
-describeFaults('fault: Temporal server killed mid-pipeline', function () {
+describe('fault: Temporal server killed mid-pipeline', function () {
   this.timeout(900_000);
 
   it('SIGKILLed and restarted on its SQLite file: the pipeline completes', async () => {

@@ -10,7 +10,7 @@ import { createPipelineWorker } from '../../src/worker/worker';
 import { ArtifactStore } from '../../src/store/store';
 import type { PipelineInput, PipelineResult } from '../../workflows/types';
 import { taskQueueName } from '../../workflows/queues';
-import { describeFaults, recordFault } from './rows';
+import { recordFault } from './rows';
 import { auditMlflow, compareAudits, killMidInterval, killProcess, mlflowClient, startWorkerProcess, withoutWallClock, withoutWallClockArtifacts, type MlflowAudit, type WorkerProcess } from './harness';
 
 const PREFIX = 'faults-kill';
@@ -45,7 +45,7 @@ const SCENARIOS = [
   { name: 'baselines stage (KD from scratch)', stage: 'baselines', unit: 'kdFromScratch', interval: INTERVAL.kd },
 ] as const;
 
-describeFaults('fault: worker SIGKILL mid-stage', function () {
+describe('fault: worker SIGKILL mid-stage', function () {
   this.timeout(900_000);
   let env: TestWorkflowEnvironment;
   let mlflowUrl: string;

@@ -6,7 +6,7 @@ import fc from 'fast-check';
 import { loadPipelineText } from '../../src/spec/load';
 import { SpecError, formatDiagnostic } from '../../src/util/errors';
 import { runCli } from '../helpers/cli';
-import { describeFaults, recordFault } from './rows';
+import { recordFault } from './rows';
 
 const PIPELINES = path.resolve(__dirname, '../../../pipelines');
 const SOURCES = fs.readdirSync(PIPELINES).filter((f) => f.endsWith('.yaml')).sort().map((f) => ({ file: path.join(PIPELINES, f), text: fs.readFileSync(path.join(PIPELINES, f), 'utf8') }));
@@ -85,7 +85,7 @@ function contractBreach(file: string, text: string, err: unknown): string | null
   return null;
 }
 
-describeFaults('fault: pipeline loader fuzzing', function () {
+describe('fault: pipeline loader fuzzing', function () {
   this.timeout(600_000);
   // Fixed seed so a run is repeatable; WEIGHTFORMER_FUZZ_SEED / _RUNS explore further on demand.
   const RUNS = Number(process.env.WEIGHTFORMER_FUZZ_RUNS ?? 3000);
