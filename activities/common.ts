@@ -82,13 +82,9 @@ export async function trackedStage(
 }
 
 /**
- * Looks up a stage result. With `noCache` only results computed by this same workflow run count (so a retried
- * attempt still reuses what its earlier attempt finished), never those of earlier runs.
+ * The key a stage result is looked up under. With `noCache` only results computed by this same workflow run
+ * count (so a retried attempt still reuses what its earlier attempt finished), never those of earlier runs.
  */
-export async function lookupCached<T>(deps: ActivityDeps, input: StageInput, key: string): Promise<T | undefined> {
-  return deps.store.getCached<T>(lookupKey(input, key));
-}
-
 function lookupKey(input: StageInput, key: string): string {
   return input.noCache ? runScopedKey(input, key) : key;
 }
