@@ -73,7 +73,14 @@ export async function readRunCurves(client: MlflowClient, handle: TrackingHandle
       if (curve.points.length > 0) curves[group].push(curve);
     }
     if (curves[group].length === 0) {
-      curves.missing[group] = stage === 'teachers' ? 'the teachers were read from files: they have no training curve here' : `the ${stage} stage logged no ${key.source} curve`;
+      const reused = stage === 'weightformer' ? run.data.tags?.find((t) => t.key === 'weightformer.registered_version')?.value : undefined;
+      const fromRegistry = run.data.tags?.some((t) => t.key === 'weightformer.reuse');
+      curves.missing[group] =
+        stage === 'teachers'
+          ? 'the teachers were read from files: they have no training curve here'
+          : fromRegistry && reused
+            ? `the WeightFormer was taken from the registry (${reused}): its training curves are in the run that trained it`
+            : `the ${stage} stage logged no ${key.source} curve`;
     }
   }
   return curves;

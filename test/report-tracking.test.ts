@@ -82,6 +82,20 @@ describe('HTML report of a tracked run (real MLflow server)', function () {
     assert.deepEqual(failed, { file: null, note: 'the report could not be written: MLflow was down' });
   });
 
+  it('a WeightFormer taken from the registry: the report points to the run that trained it for its curves', async () => {
+    const name = `report-reuse-${randomUUID().slice(0, 8)}`;
+    const loaded = tinySpec(`tracking: {enabled: true, experiment: ${name}}`, name);
+    const workflowId = `wf-${randomUUID()}`;
+    const handle = await tracker.startPipelineRun({ spec: loaded.spec, specHash: loaded.hash, workflowId, file: null, parentRunId: null });
+    await tracker.logStage(handle, workflowId, 'weightformer', {
+      metrics: { 'weightformer.steps': 10 }, curves: {}, tags: { 'weightformer.reuse': 'auto', 'weightformer.registered_version': 'models:/weightformer-mlp-abc/2' },
+    });
+    const curves = await readRunCurves(tracker.client, handle, { weightformer: { state: 'cached' } });
+    assert.deepEqual(curves.weightformerLoss, []);
+    assert.equal(curves.missing.weightformerLoss, 'the WeightFormer was taken from the registry (models:/weightformer-mlp-abc/2): its training curves are in the run that trained it');
+    assert.equal(curves.missing.weightformerValidation, curves.missing.weightformerLoss);
+  });
+
   it('without tracking: the report is still rendered, and says where the curves would have been', async () => {
     const loaded = tinySpec('', `report-off-${randomUUID().slice(0, 8)}`);
     const out = await reportActivities({ store, tracker: null }).writeReport({
