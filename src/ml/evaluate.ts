@@ -44,3 +44,15 @@ export async function withTensors<T, R>(tensors: T, dispose: (t: T) => void, fn:
     dispose(tensors);
   }
 }
+
+/** softmax(logits / temperature), n × classes, read back asynchronously. */
+export async function softmaxOfLogits(logits: Float32Array, n: number, temperature: number): Promise<Float32Array> {
+  if (!(temperature > 0)) throw new InputError(`temperature must be positive, got ${temperature}`);
+  if (n === 0) return new Float32Array();
+  const probs = tf.tidy(() => tf.softmax(tf.div(tf.tensor2d(logits, [n, logits.length / n]), temperature)));
+  try {
+    return new Float32Array(await probs.data());
+  } finally {
+    probs.dispose();
+  }
+}

@@ -30,7 +30,7 @@ import type { ArchitectureSpec, ArchitectureFamily, CnnArchitecture, ModelArchit
 import { InputError } from '../util/errors';
 import { WEIGHTFORMER_FAMILIES } from '../spec/semantics';
 import type { Dataset } from '../ml/data';
-import { tf } from '../ml/tf';
+import { softmaxOfLogits } from '../ml/evaluate';
 import type { MlpParams } from '../ml/mlp';
 import { accuracy as mlpAccuracy, accuracyOfScores, ensembleProbs as mlpEnsembleProbs, initMlp } from '../ml/mlp';
 import { alignedAverage as mlpAlignedAverage, naiveAverage as mlpNaiveAverage } from '../ml/align';
@@ -116,17 +116,6 @@ export interface FamilyRuntime<A extends ModelArchitecture, P> extends EarlyStop
 
 // ------------------------------------------------------------------------------------------- helpers
 
-/** softmax(logits / temperature) row by row, n × classes (read back with `await data()`, never a sync read). */
-async function softmaxRows(logits: Float32Array, n: number, temperature: number): Promise<Float32Array> {
-  if (!(temperature > 0)) throw new InputError(`temperature must be positive, got ${temperature}`);
-  if (n === 0) return new Float32Array();
-  const probs = tf.tidy(() => tf.softmax(tf.div(tf.tensor2d(logits, [n, logits.length / n]), temperature)));
-  try {
-    return new Float32Array(await probs.data());
-  } finally {
-    probs.dispose();
-  }
-}
 
 /**
  * The ensemble's averaged softmax from each member's logits, summed in float64 and rounded once, as the
@@ -137,7 +126,7 @@ function ensembleOfLogits<P>(logitsOf: (p: P, ds: Dataset) => Promise<Float32Arr
     if (list.length === 0) throw new InputError('an ensemble needs at least one model');
     let sum: Float64Array | undefined;
     for (const p of list) {
-      const probs = await softmaxRows(await logitsOf(p, ds), ds.n, temperature);
+      const probs = await softmaxOfLogits(await logitsOf(p, ds), ds.n, temperature);
       if (!sum) sum = new Float64Array(probs.length);
       else if (sum.length !== probs.length) throw new InputError('ensemble members disagree on the number of classes');
       for (let i = 0; i < probs.length; i++) sum[i] = (sum[i] ?? 0) + (probs[i] ?? 0);

@@ -32,18 +32,7 @@ import type { StudentFamily } from './family';
 import { resnetLayoutOf, vitLayoutOf } from './layouts';
 import type { StudentArch, StudentParams } from './tokens';
 import { paramsFamily } from './tokens';
-
-/** softmax(logits / temperature), n × classes, read back asynchronously. */
-export async function softmaxOfLogits(logits: Float32Array, n: number, temperature: number): Promise<Float32Array> {
-  if (!(temperature > 0)) throw new InputError(`temperature must be positive, got ${temperature}`);
-  if (n === 0) return new Float32Array();
-  const probs = tf.tidy(() => tf.softmax(tf.div(tf.tensor2d(logits, [n, logits.length / n]), temperature)));
-  try {
-    return new Float32Array(await probs.data());
-  } finally {
-    probs.dispose();
-  }
-}
+import { softmaxOfLogits } from '../evaluate';
 
 function archFamily(arch: StudentArch): string {
   return String((arch as { family?: unknown } | null)?.family);

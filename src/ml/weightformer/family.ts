@@ -26,7 +26,8 @@ import type { ArchitectureSpec } from '../../spec/types';
 import type { LossBatch } from '../train';
 import { mlpLoss } from '../train';
 import { recomputeResnetBnStatistics } from '../resnet/forward';
-import { RESNET_FAMILY, VIT_FAMILY, softmaxOfLogits } from './family-image';
+import { RESNET_FAMILY, VIT_FAMILY } from './family-image';
+import { softmaxOfLogits } from '../evaluate';
 import type { Layout, ParamsOf, StudentArch, StudentParams } from './tokens';
 import { isCnnArch, isCnnParams, layoutOf, paramsFamily, rowsOf, rowsToParams } from './tokens';
 
