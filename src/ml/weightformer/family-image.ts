@@ -20,7 +20,6 @@ import { alignResnetToReference, alignedAverageResnet, averageResnetParams } fro
 import { predictResnetLogits, resnetAccuracy, resnetLogits } from '../resnet/forward';
 import { deserializeResnetParams, resnetParamsDigest, serializeResnetParams } from '../resnet/io';
 import { resnetToRows, rowsToResnetParams, rowsToResnetTensors } from '../resnet/rows';
-import { tf } from '../tf';
 import { lossOfLogits } from '../train-engine';
 import type { VitArchitecture, VitParams } from '../vit/architecture';
 import { checkVitArchitecture, checkVitParamsMatch, vitSignature } from '../vit/architecture';
