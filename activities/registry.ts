@@ -72,8 +72,12 @@ export function weightformerRegistryKey(spec: PipelineSpec, teacherInput: boolea
 
 /** The registered-model name `reuse: auto` looks for, e.g. `weightformer-mlp-0123456789ab`. */
 export function registeredWeightformerName(spec: PipelineSpec, teacherInput: boolean): string {
-  const prefix = teacherInput ? 'weightformer' : 'weightformer-ablation';
-  return `${prefix}-${spec.architecture.family}-${weightformerRegistryKey(spec, true).slice(0, 12)}`;
+  return modelName(teacherInput, spec.architecture.family, weightformerRegistryKey(spec, true));
+}
+
+/** The registered-model name of a kind, family and registry key (the WeightFormer and its ablation share the key). */
+function modelName(teacherInput: boolean, family: string, key: string): string {
+  return `${teacherInput ? 'weightformer' : 'weightformer-ablation'}-${family}-${key.slice(0, 12)}`;
 }
 
 /**
@@ -146,7 +150,7 @@ async function resolveReuse(client: MlflowClient, spec: PipelineSpec, teacherInp
       const named = await resolveNamed(client, name, pick, field, reuse);
       const key = tagOf(named, WF_TAGS.key);
       if (!key) throw new InputError(`${field}: ${reuse} is not a WeightFormer registered by a pipeline (no ${WF_TAGS.key} tag)`);
-      name = `weightformer-ablation-${spec.architecture.family}-${key.slice(0, 12)}`;
+      name = modelName(false, spec.architecture.family, key);
       pick = {};
     }
   }
