@@ -198,7 +198,8 @@ async function watchCommand(file: string, opts: { stop: boolean; stateDir?: stri
     log(`watching ${trigger.registeredModel} (teachers: ${marks}) every ${trigger.pollInterval} in workflow ${workflowId}`);
     if (!stack) return 0;
     // Local mode: report each consolidation until interrupted.
-    let reported = 0;
+    // By child workflow id: the status keeps only the newest consolidations, so a count would stop at that cap.
+    const reported = new Set<string>();
     let lastError: string | undefined;
     let interrupted = false;
     const onSignal = () => {
@@ -208,14 +209,25 @@ async function watchCommand(file: string, opts: { stop: boolean; stateDir?: stri
     process.once('SIGTERM', onSignal);
     while (!interrupted) {
       const status = await handle.query(watchStatusQuery).catch(() => null);
-      for (const c of status?.consolidations.slice(reported) ?? []) {
+      for (const c of status?.consolidations ?? []) {
+        if (reported.has(c.workflowId)) continue;
+        reported.add(c.workflowId);
         log(`consolidated ${c.teacherVersions.join(', ')} → student ${c.studentVersion ?? '(not registered)'} with WeightFormer ${c.weightformerVersion ?? '(none)'} (${c.workflowId})`);
       }
-      if (status) reported = status.consolidations.length;
       // Said once when it appears (the status keeps it until the next consolidation or successful poll).
       if (status && status.lastError !== lastError) {
         if (status.lastError) log(`watcher error: ${status.lastError}`);
         lastError = status.lastError;
+      }
+      // A watcher that ended (a configuration error, a cancel) is not waited on forever.
+      const run = await handle.describe().catch(() => null);
+      if (run && run.status.name !== 'RUNNING' && run.status.name !== 'CONTINUED_AS_NEW') {
+        const outcome = await handle.result().then(
+          () => null,
+          (err: unknown) => (err instanceof WorkflowFailedError ? `${err.message}: ${failureChain(err)}` : String(err)),
+        );
+        log(`watcher ${workflowId} ended (${run.status.name})${outcome ? `: ${outcome}` : ''}`);
+        return outcome ? 1 : 0;
       }
       await new Promise((r) => setTimeout(r, 2000));
     }
