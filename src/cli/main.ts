@@ -377,7 +377,16 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (opts: { quick: boolean; only?: string; out?: string }) => {
       // Loaded only here: the suite pulls in the whole ML library and the bench rigs.
       // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const { benchMain, parseSuiteArgs } = require('../../bench/suite') as typeof import('../../bench/suite');
+      let suite: typeof import('../../bench/suite');
+      try {
+        suite = require('../../bench/suite') as typeof import('../../bench/suite');
+      } catch (err) {
+        // The worker images ship no bench/: say so instead of a module-resolution stack trace.
+        process.stderr.write(`the benchmark suite is not installed here (bench/ is not part of this build): ${err instanceof Error ? err.message.split('\n')[0] : String(err)}\n`);
+        exitCode = 2;
+        return;
+      }
+      const { benchMain, parseSuiteArgs } = suite;
       const args = [...(opts.quick ? ['--quick'] : []), ...(opts.only ? ['--only', opts.only] : []), ...(opts.out ? ['--out', opts.out] : [])];
       try {
         parseSuiteArgs(args);
