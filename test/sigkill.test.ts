@@ -16,10 +16,12 @@ import type { ChildProcess } from 'node:child_process';
 const PREFIX = 'sigkill-test';
 const QUEUE = taskQueueName('cpu', PREFIX);
 
-// Long enough that the kill lands mid-teacher; fast heartbeat timeout so the retry starts quickly.
+// Long enough that the kill lands mid-teacher; a short heartbeat timeout so the retry starts soon after the
+// kill, but not so short that a busy 2-core machine misses heartbeats of the live worker (2 s did, in CI
+// under load: 'activity Heartbeat timeout' on every attempt).
 const SPEC = tinySpec(
   `teachers: {count: 2, train: {epochs: 250, batchSize: 10, checkpointEvery: 200}}
-stages: {default: {heartbeatTimeout: '2s', retry: {initialInterval: '500ms'}}}`,
+stages: {default: {heartbeatTimeout: '6s', retry: {initialInterval: '500ms'}}}`,
   'test-sigkill',
 );
 
