@@ -4,13 +4,12 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import { sharedTemporal } from './helpers/temporal';
+import { liveActivity, sharedTemporal } from './helpers/temporal';
 import { tinySpec } from './helpers/specs';
 import { BIN } from './helpers/cli';
-import { defaultPayloadConverter, type WorkflowHandle } from '@temporalio/client';
 import { ArtifactStore, type ArtifactRef } from '../src/store/store';
 import { taskQueueName } from '../workflows/queues';
-import type { PipelineInput, PipelineResult, StageHeartbeat } from '../workflows/types';
+import type { PipelineInput, PipelineResult } from '../workflows/types';
 
 /*
  * Resume on another machine: worker A (its own working directory and temp dir) starts a stage and dies;
@@ -54,25 +53,6 @@ async function filesUnder(dir: string): Promise<string[]> {
   return entries.filter((e) => !e.isDirectory()).map((e) => path.relative(dir, path.join(e.parentPath, e.name)));
 }
 
-
-/**
- * The running stage as the server sees it (describe(): pending activity, heartbeat details, attempt, worker).
- * No query: a query waits for a workflow task on a busy worker, long enough to miss a whole stage.
- */
-async function liveActivity(handle: WorkflowHandle) {
-  const description = await handle.describe();
-  const pending = description.raw.pendingActivities?.[0];
-  const payload = pending?.heartbeatDetails?.payloads?.[0];
-  const heartbeat = payload ? defaultPayloadConverter.fromPayload<StageHeartbeat>(payload as never) : null;
-  return {
-    running: description.status.name === 'RUNNING',
-    activity: pending?.activityType?.name ?? null,
-    heartbeat,
-    attempt: pending?.attempt ?? null,
-    identity: pending?.lastWorkerIdentity ?? null,
-    lastFailure: pending?.lastFailure?.message ?? null,
-  };
-}
 
 describe('shared store: a stage resumes on another machine', function () {
   this.timeout(600_000);

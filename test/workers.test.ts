@@ -5,12 +5,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowHandle } from '@temporalio/client';
-import { sharedTemporal } from './helpers/temporal';
+import { liveActivity, sharedTemporal } from './helpers/temporal';
 import { tinySpec } from './helpers/specs';
 import { BIN } from './helpers/cli';
-import { defaultPayloadConverter } from '@temporalio/client';
 import { taskQueueName } from '../workflows/queues';
-import type { PipelineInput, PipelineResult, StageHeartbeat } from '../workflows/types';
+import type { PipelineInput, PipelineResult } from '../workflows/types';
 
 /*
  * Many workers on one real Temporal dev server, each a separate `weightformer worker` process with its own
@@ -93,25 +92,6 @@ async function activityRuns(handle: WorkflowHandle): Promise<ActivityRun[]> {
 
 const overlaps = (a: ActivityRun, b: ActivityRun) => a.startedMs < b.closedMs && b.startedMs < a.closedMs;
 
-
-/**
- * The running stage as the server sees it (describe(): pending activity, heartbeat details, attempt, worker).
- * No query: a query waits for a workflow task on a busy worker, long enough to miss a whole stage.
- */
-async function liveActivity(handle: WorkflowHandle) {
-  const description = await handle.describe();
-  const pending = description.raw.pendingActivities?.[0];
-  const payload = pending?.heartbeatDetails?.payloads?.[0];
-  const heartbeat = payload ? defaultPayloadConverter.fromPayload<StageHeartbeat>(payload as never) : null;
-  return {
-    running: description.status.name === 'RUNNING',
-    activity: pending?.activityType?.name ?? null,
-    heartbeat,
-    attempt: pending?.attempt ?? null,
-    identity: pending?.lastWorkerIdentity ?? null,
-    lastFailure: pending?.lastFailure?.message ?? null,
-  };
-}
 
 describe('many worker processes sharing one store', function () {
   this.timeout(600_000);
