@@ -19,14 +19,18 @@ const EXPERIMENT = 'faults-worker-kill';
 
 // The killed stages time out 8 s after their worker dies (a job thread's start, before its first heartbeat,
 // takes seconds on a loaded machine), and heartbeat every 6.4 s (0.8 × the timeout) so
-// the kill can be timed mid-interval; the tracking activities, which do not heartbeat, keep their default. Every stage killed here runs long enough to be caught mid-interval (several heartbeats), and no longer.
+// the kill can be timed mid-interval; the tracking activities, which do not heartbeat, keep their default.
+// Every stage killed here runs long enough to be caught mid-interval (several heartbeats), and no longer. A
+// heartbeat lands at a random point of its checkpoint interval, past the middle about half the time, so a
+// stage with only two or three heartbeats is missed now and then: 300 fine-tune epochs were, once, on an idle
+// machine (the CI run of 02:37); 1000 give it about three times as many chances.
 const INTERVAL = { teachers: 200, weightformer: 20, kd: 100, finetune: 100 };
 const SPEC = tinySpec(
   `teachers: {count: 2, train: {epochs: 200, batchSize: 10, checkpointEvery: ${INTERVAL.teachers}}}
 zoo: {count: 4, train: {epochs: 1, batchSize: 50}}
 weightformer: {mode: train, validationTeachers: 2, validationEnsembles: 1, train: {steps: 200, batchSize: 32, tMin: 2, tMax: 3, checkpointEvery: ${INTERVAL.weightformer}, evalEvery: 100}}
 generate: {method: weightformer}
-finetune: {epochs: 300, batchSize: 10, checkpointEvery: ${INTERVAL.finetune}}
+finetune: {epochs: 1000, batchSize: 10, checkpointEvery: ${INTERVAL.finetune}}
 baselines: {include: [teachers, ensemble, avg_naive, avg_aligned, kd], kd: {epochs: 100, batchSize: 10, checkpointEvery: ${INTERVAL.kd}}}
 tracking: {enabled: true, experiment: ${EXPERIMENT}}
 stages:
