@@ -313,18 +313,12 @@ export type StudentFamilyUser<R> = <A extends StudentArch>(rt: FamilyRuntime<A, 
 
 /** Runs `use` with the runtime of `arch`'s family, which must be one the WeightFormer supports (else InputError). */
 export function withStudentFamily<R>(arch: ModelArchitecture, use: StudentFamilyUser<R>): R {
-  switch (arch.family) {
-    case 'mlp':
-      return use(MLP_RUNTIME, arch);
-    case 'cnn':
-      return use(CNN_RUNTIME, arch);
-    case 'resnet':
-      return use(RESNET_RUNTIME, arch);
-    case 'vit':
-      return use(VIT_RUNTIME, arch);
-    default:
-      throw new InputError(`the WeightFormer supports the ${WEIGHTFORMER_FAMILIES.join(', ')} families, not ${String((arch as { family?: unknown }).family)}`);
+  if (!WEIGHTFORMER_FAMILIES.includes(arch.family)) {
+    throw new InputError(`the WeightFormer supports the ${WEIGHTFORMER_FAMILIES.join(', ')} families, not ${String((arch as { family?: unknown }).family)}`);
   }
+  // Same dispatch as withFamily: each runtime's parameters are ParamsOf its architecture, which TypeScript
+  // cannot see through withFamily's generic callback, hence the cast.
+  return withFamily(arch, use as unknown as FamilyUser<R>);
 }
 
 /** The runtime of a family, for callers that need no type link between it and an architecture (tests, tools). */
