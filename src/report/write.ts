@@ -1,6 +1,5 @@
-import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { writeFileAtomic } from '../store/store';
 
 /**
  * Writes a report file atomically: a temporary name in the same folder, then a rename, so a reader (or a
@@ -8,15 +7,7 @@ import * as path from 'node:path';
  */
 export async function writeReportFile(file: string, html: string | Uint8Array): Promise<string> {
   const target = path.resolve(file);
-  await fs.mkdir(path.dirname(target), { recursive: true });
-  const temp = `${target}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
-  try {
-    await fs.writeFile(temp, html);
-    await fs.rename(temp, target);
-  } catch (err) {
-    await fs.rm(temp, { force: true });
-    throw err;
-  }
+  await writeFileAtomic(target, html);
   return target;
 }
 
