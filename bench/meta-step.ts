@@ -117,50 +117,37 @@ export function metaStepRig(shape: MetaStepShape, implementation: MetaStepImplem
   const parts = metaStepParts(shape);
   const b = syntheticBatch(shape.batchSize, parts.arch.outputSize, shape.seed);
   const total = parts.sizes.reduce((a, c) => a + c, 0);
-  let t = 0;
   const lr = 1e-4;
   if (implementation === 'batched') {
     const ctx = { names: parts.names, shapes: parts.shapes, sizes: parts.sizes, constants: parts.constants, arch: parts.arch, family: familyOf(parts.arch), studentBn: 'eval' as const };
-    let state = { params: parts.params, m: tf.zeros([total]) as tf.Tensor, v: tf.zeros([total]) as tf.Tensor };
-    const step = (): { loss: tf.Scalar; params: tf.Tensor[]; m: tf.Tensor; v: tf.Tensor } => metaStepTensors(ctx, state, parts.set, b, t + 1, lr);
-    return {
-      async run() {
-        const next = step();
-        tf.dispose([...state.params, state.m, state.v]);
-        state = { params: next.params, m: next.m, v: next.v };
-        t++;
-        const loss = (await next.loss.data())[0] ?? NaN;
-        next.loss.dispose();
-        return loss;
+    const initial = { params: parts.params, m: tf.zeros([total]) as tf.Tensor, v: tf.zeros([total]) as tf.Tensor };
+    return optimizerRig(
+      initial,
+      (state) => [...state.params, state.m, state.v],
+      (state, t) => {
+        const next = metaStepTensors(ctx, state, parts.set, b, t, lr);
+        return { loss: next.loss, state: { params: next.params, m: next.m, v: next.v } };
       },
-      kernels: () => countKernels(() => { const n = step(); return [n.loss, ...n.params, n.m, n.v]; }),
-      dispose() {
-        tf.dispose([...state.params, state.m, state.v]);
+      () => {
         disposeSet(parts.set);
         disposeModelConstants(parts.constants);
       },
-    };
+    );
   }
-  let state = { params: parts.params, m: parts.params.map((p) => tf.zerosLike(p)), v: parts.params.map((p) => tf.zerosLike(p)) };
-  const step = (): { loss: tf.Scalar; params: tf.Tensor[]; m: tf.Tensor[]; v: tf.Tensor[] } =>
-    tf.tidy(() => plainMetaStep(parts.names, state, parts.constants, parts.set, parts.arch, lossBatchOf(b), t + 1, lr));
-  return {
-    async run() {
-      const next = step();
-      tf.dispose([...state.params, ...state.m, ...state.v]);
-      state = { params: next.params, m: next.m, v: next.v };
-      t++;
-      const loss = (await next.loss.data())[0] ?? NaN;
-      next.loss.dispose();
-      return loss;
-    },
-    kernels: () => countKernels(() => { const n = step(); return [n.loss, ...n.params, ...n.m, ...n.v]; }),
-    dispose() {
-      tf.dispose([...state.params, ...state.m, ...state.v]);
+  const initial = { params: parts.params, m: parts.params.map((p) => tf.zerosLike(p)), v: parts.params.map((p) => tf.zerosLike(p)) };
+  return optimizerRig(
+    initial,
+    (state) => [...state.params, ...state.m, ...state.v],
+    (state, t) =>
+      tf.tidy(() => {
+        const next = plainMetaStep(parts.names, state, parts.constants, parts.set, parts.arch, lossBatchOf(b), t, lr);
+        return { loss: next.loss, state: { params: next.params, m: next.m, v: next.v } };
+      }),
+    () => {
       disposeSet(parts.set);
       disposeModelConstants(parts.constants);
     },
-  };
+  );
 }
 
 /** One student training step (MLP 784-hidden-10, CE + KD, Adam per tensor, as `trainMlp` steps). */
@@ -168,32 +155,49 @@ export function studentStepRig(hidden: number[], batchSize: number, seed: number
   const arch: ArchitectureSpec = { family: 'mlp', inputSize: 784, hidden, outputSize: 10, activation: 'relu' };
   const b = syntheticBatch(batchSize, 10, seed);
   const tensors = paramsToTensors(initMlp(arch, seed));
-  let params: tf.Tensor[] = tensors.layers.flatMap((l) => [l.w, l.b]);
-  let m = params.map((p) => tf.zerosLike(p));
-  let v = params.map((p) => tf.zerosLike(p));
+  const params: tf.Tensor[] = tensors.layers.flatMap((l) => [l.w, l.b]);
+  const initial = { params, m: params.map((p) => tf.zerosLike(p)), v: params.map((p) => tf.zerosLike(p)) };
+  return optimizerRig(
+    initial,
+    (state) => [...state.params, ...state.m, ...state.v],
+    (state, t) =>
+      tf.tidy(() => {
+        const batch = lossBatchOf(b);
+        const { value, grads } = tf.valueAndGrads((...ps: tf.Tensor[]) =>
+          mlpLoss({ activation: 'relu', layers: arch.hidden.concat([10]).map((_, i) => ({ w: ps[2 * i] as tf.Tensor2D, b: ps[2 * i + 1] as tf.Tensor1D })) }, batch),
+        )(state.params);
+        const next = adamUpdate(state, grads, t, 1e-3);
+        return { loss: value as tf.Scalar, state: { params: next.params, m: next.m, v: next.v } };
+      }),
+  );
+}
+
+/**
+ * A step rig over an optimizer state: each run steps from the current state (Adam's step count t from 1),
+ * frees it and keeps the new one; `kernels` counts one step's kernels without keeping its result.
+ */
+function optimizerRig<S>(
+  initial: S,
+  tensorsOf: (state: S) => tf.Tensor[],
+  step: (state: S, t: number) => { loss: tf.Scalar; state: S },
+  disposeInputs: () => void = () => {},
+): StepRig {
+  let state = initial;
   let t = 0;
-  const step = (): { loss: tf.Scalar; params: tf.Tensor[]; m: tf.Tensor[]; v: tf.Tensor[] } =>
-    tf.tidy(() => {
-      const batch = lossBatchOf(b);
-      const { value, grads } = tf.valueAndGrads((...ps: tf.Tensor[]) =>
-        mlpLoss({ activation: 'relu', layers: arch.hidden.concat([10]).map((_, i) => ({ w: ps[2 * i] as tf.Tensor2D, b: ps[2 * i + 1] as tf.Tensor1D })) }, batch),
-      )(params);
-      const next = adamUpdate({ params, m, v }, grads, t + 1, 1e-3);
-      return { loss: value, params: next.params, m: next.m, v: next.v };
-    });
   return {
     async run() {
-      const next = step();
-      tf.dispose([...params, ...m, ...v]);
-      ({ params, m, v } = next);
+      const next = step(state, t + 1);
+      tf.dispose(tensorsOf(state));
+      state = next.state;
       t++;
       const loss = (await next.loss.data())[0] ?? NaN;
       next.loss.dispose();
       return loss;
     },
-    kernels: () => countKernels(() => { const n = step(); return [n.loss, ...n.params, ...n.m, ...n.v]; }),
+    kernels: () => countKernels(() => { const n = step(state, t + 1); return [n.loss, ...tensorsOf(n.state)]; }),
     dispose() {
-      tf.dispose([...params, ...m, ...v]);
+      tf.dispose(tensorsOf(state));
+      disposeInputs();
     },
   };
 }
