@@ -32,26 +32,31 @@ async function historiesBeforeHtmlReport(): Promise<string[]> {
   return [path.join(HISTORIES, 'pipeline-schema-v1.json'), ...upgrade];
 }
 
-/** Today's workflow code with `patched('html-report')` replaced by `true`: the change made without a patch. */
-async function bundleWithoutHtmlReportPatch(): Promise<WorkflowBundleWithSourceMap> {
+/** Today's workflow code (dist/workflows) with `pattern` replaced in every file: a change made without a patch. */
+async function bundleWithEdit(pattern: RegExp, replacement: string, what: string): Promise<WorkflowBundleWithSourceMap> {
   const source = path.join(ROOT, 'dist', 'workflows');
-  const copy = path.join(ROOT, 'dist', `workflows-unpatched-${process.pid}`, 'workflows');
+  const copy = path.join(ROOT, 'dist', `workflows-edited-${process.pid}`, 'workflows');
   await fs.mkdir(copy, { recursive: true });
   let replaced = 0;
   for (const file of (await fs.readdir(source)).filter((f) => f.endsWith('.js'))) {
     const text = await fs.readFile(path.join(source, file), 'utf8');
-    const unpatched = text.replace(/\(0, workflow_1\.patched\)\('html-report'\)/g, () => {
+    const edited = text.replace(pattern, () => {
       replaced += 1;
-      return 'true';
+      return replacement;
     });
-    await fs.writeFile(path.join(copy, file), unpatched);
+    await fs.writeFile(path.join(copy, file), edited);
   }
-  assert.ok(replaced > 0, "today's workflows/ has no patched('html-report') to take away");
+  assert.ok(replaced > 0, `today's workflows/ has no ${what} to edit`);
   try {
     return await bundleWorkflowCode({ workflowsPath: path.join(copy, 'index.js'), logger: { trace() {}, debug() {}, info() {}, warn() {}, error() {}, log() {} } as never });
   } finally {
     await fs.rm(path.dirname(copy), { recursive: true, force: true });
   }
+}
+
+/** Today's workflow code with `patched('html-report')` replaced by `true`: the change made without a patch. */
+function bundleWithoutHtmlReportPatch(): Promise<WorkflowBundleWithSourceMap> {
+  return bundleWithEdit(/\(0, workflow_1\.patched\)\('html-report'\)/g, 'true', "patched('html-report')");
 }
 
 /** The id each history was recorded under: the file's name (record-previous-version.ts), or the original fixture's. */
@@ -94,6 +99,15 @@ describe('upgrades: histories of earlier workflow versions replay on the current
     }
   });
 
+  it('has a registry watcher history: a poll, a child consolidation, a timer, a poll with nothing new, the stop signal', async () => {
+    const history = await load(path.join(UPGRADE, 'watch-with-html-report.json'));
+    assert.deepEqual(activityTypes(history), ['pollTeacherVersions', 'pollTeacherVersions']);
+    const types = history.events.map((e) => String(e.eventType));
+    for (const t of ['CHILD_WORKFLOW_EXECUTION_COMPLETED', 'TIMER_FIRED', 'WORKFLOW_EXECUTION_SIGNALED', 'WORKFLOW_EXECUTION_COMPLETED']) {
+      assert.ok(types.some((e) => e.endsWith(t)), `no ${t}`);
+    }
+  });
+
   it('replays every recorded history, before and after the change, without nondeterminism', async () => {
     const bundle = await workflowBundle();
     const after = (await fs.readdir(UPGRADE)).filter((f) => f.endsWith('-with-html-report.json')).map((f) => path.join(UPGRADE, f));
@@ -111,5 +125,19 @@ describe('upgrades: histories of earlier workflow versions replay on the current
         `${path.basename(file)} replayed on the unpatched change`,
       );
     }
+  });
+
+  it('a watcher that polls twice where it polled once breaks the watcher history (control)', async () => {
+    const bundle = await bundleWithEdit(
+      /poll = await registry\.pollTeacherVersions\(\{ spec \}\);/g,
+      'await registry.pollTeacherVersions({ spec }); poll = await registry.pollTeacherVersions({ spec });',
+      "the watcher's registry poll",
+    );
+    const file = path.join(UPGRADE, 'watch-with-html-report.json');
+    await assert.rejects(
+      Worker.runReplayHistory({ workflowBundle: bundle }, await load(file), workflowIdOf(file)),
+      (err: unknown) => err instanceof DeterminismViolationError,
+      'the watcher history replayed on a changed watcher',
+    );
   });
 });
