@@ -44,6 +44,36 @@ export const LINEAGE_TAGS = {
   watcherWorkflowId: 'weightformer.lineage.watcher_workflow_id',
 } as const;
 
+function lineageTags(lineage: StudentLineage): Record<string, string> {
+  return {
+    [LINEAGE_TAGS.teacherVersions]: lineage.teacherVersions.map((v) => `models:/${v}`).join(','),
+    [LINEAGE_TAGS.weightformerVersion]: lineage.weightformerVersion ?? 'none',
+    [LINEAGE_TAGS.specHash]: lineage.specHash,
+    [LINEAGE_TAGS.workflowId]: lineage.workflowId,
+    [LINEAGE_TAGS.watcherWorkflowId]: lineage.watcherWorkflowId,
+  };
+}
+
+/**
+ * The lineage tags a student version is registered with, from its pipeline run's tags: a watcher's
+ * consolidation tags its run with the teacher versions and the watcher (workflows/watch.ts), the
+ * WeightFormer stage with the registered version it reused. Registering with them makes the lineage part
+ * of the registration, so it is there however late that happens (a finish replayed from the outbox after
+ * an MLflow outage, when the watcher never learnt the version). {} for a run no watcher started.
+ */
+export function lineageFromRunTags(runTags: Record<string, string>, specHash: string, workflowId: string): Record<string, string> {
+  const teachers = runTags[LINEAGE_TAGS.teacherVersions];
+  const watcher = runTags[LINEAGE_TAGS.watcherWorkflowId];
+  if (!teachers || !watcher) return {};
+  return lineageTags({
+    teacherVersions: teachers.split(',').map((v) => v.replace(/^models:\//, '')),
+    weightformerVersion: runTags['weightformer.registered_version'] ?? null,
+    specHash,
+    workflowId,
+    watcherWorkflowId: watcher,
+  });
+}
+
 type WeightformerKind = 'weightformer' | 'teacher_ablation';
 const kindOf = (teacherInput: boolean): WeightformerKind => (teacherInput ? 'weightformer' : 'teacher_ablation');
 /** Artifact folder of each kind in the pipeline run that trained it. */
@@ -302,16 +332,13 @@ export function registryActivities(deps: ActivityDeps) {
       return { teacherVersions: teachers, plan };
     },
 
-    /** Tags the registered student version with its lineage (idempotent: tags are set, not added). */
+    /**
+     * Tags the registered student version with its lineage (idempotent: tags are set, not added). The
+     * registration already carries it (`lineageFromRunTags`); this covers versions registered before that.
+     */
     async recordStudentLineage(args: { registeredModel: string; version: string; lineage: StudentLineage }): Promise<void> {
       const c = client();
-      const tags: Record<string, string> = {
-        [LINEAGE_TAGS.teacherVersions]: args.lineage.teacherVersions.map((v) => `models:/${v}`).join(','),
-        [LINEAGE_TAGS.weightformerVersion]: args.lineage.weightformerVersion ?? 'none',
-        [LINEAGE_TAGS.specHash]: args.lineage.specHash,
-        [LINEAGE_TAGS.workflowId]: args.lineage.workflowId,
-        [LINEAGE_TAGS.watcherWorkflowId]: args.lineage.watcherWorkflowId,
-      };
+      const tags = lineageTags(args.lineage);
       for (const [key, value] of Object.entries(tags)) await c.setModelVersionTag(args.registeredModel, args.version, key, value);
       Context.current().log.info('student lineage recorded', { model: `models:/${args.registeredModel}/${args.version}`, ...tags });
     },

@@ -5,6 +5,7 @@ import { TrackingOutbox } from '../src/tracking/outbox';
 import type { ArtifactStore } from '../src/store/store';
 import type { ActivityDeps } from './common';
 import { studentRegistryFiles } from '../src/runner/families';
+import { lineageFromRunTags } from './registry';
 
 const TAG_WORKFLOW = 'weightformer.workflow_id';
 const TAG_KIND = 'weightformer.kind';
@@ -173,7 +174,12 @@ export class StageTracker {
         name,
         source: `${existing.info.artifact_uri}/student`,
         runId: handle.runId,
-        tags: { 'weightformer.spec_hash': input.specHash, 'weightformer.workflow_id': input.workflowId, 'weightformer.student_ref': student },
+        tags: {
+          'weightformer.spec_hash': input.specHash,
+          'weightformer.workflow_id': input.workflowId,
+          'weightformer.student_ref': student,
+          ...lineageFromRunTags(input.tags, input.specHash, input.workflowId),
+        },
       });
       modelVersion = version.version;
     }
