@@ -246,6 +246,16 @@ describe('MLflow client against a real tracking server', function () {
 
       const found = await client.searchModelVersions(`name = '${name}'`);
       assert.deepEqual(found.map((v) => v.version).sort(), ['1', '2']);
+
+      // Two registrations of one source at once (an attempt that outlived its timeout, and its retry): both
+      // search, find nothing and create; each looks again, the newer is deleted, both get the older.
+      const raced = `${source}-raced`;
+      const [a, b] = await Promise.all([0, 1].map(() => client.findOrCreateModelVersion({ name, source: raced, runId: id })));
+      assert.equal(a!.version.version, b!.version.version);
+      const left = (await client.searchModelVersions(`name = '${name}'`)).filter((v) => v.source === raced);
+      assert.deepEqual(left.map((v) => v.version), [a!.version.version]);
+      assert.equal([a!.created, b!.created].filter(Boolean).length <= 1, true);
+      await client.deleteModelVersion(name, 99); // absent: no error
       await client.setRegisteredModelAlias(name, 'champion', 2);
       assert.equal((await client.getModelVersionByAlias(name, 'champion')).version, '2');
       assert.deepEqual((await client.getRegisteredModel(name)).aliases, [{ alias: 'champion', version: '2' }]);

@@ -789,15 +789,35 @@ export class MlflowClient {
   /**
    * The oldest version of `name` registered from `runId` with the same `source`, or a new one (the
    * registered model is created if missing): a retried registration does not add a second version.
+   * MLflow has no create-if-absent, so two registrations at once (an attempt that outlived its timeout and
+   * its retry) can both create one; each then looks again, and the one whose version is not the oldest
+   * deletes its own and returns the oldest: both end with the same single version.
    */
   async findOrCreateModelVersion(opts: CreateModelVersionOptions & { runId: string }): Promise<{ version: ModelVersion; created: boolean }> {
     await this.createRegisteredModel(opts.name);
-    const versions = await this.searchModelVersions({
-      filter: `name = ${filterValue(opts.name)} AND run_id = ${filterValue(opts.runId)}`,
-    });
-    const same = versions.filter((v) => v.source === opts.source).sort((a, b) => Number(a.version) - Number(b.version))[0];
+    const oldestSame = async () => {
+      const versions = await this.searchModelVersions({
+        filter: `name = ${filterValue(opts.name)} AND run_id = ${filterValue(opts.runId)}`,
+      });
+      return versions.filter((v) => v.source === opts.source).sort((a, b) => Number(a.version) - Number(b.version))[0];
+    };
+    const same = await oldestSame();
     if (same) return { version: same, created: false };
-    return { version: await this.createModelVersion(opts), created: true };
+    const mine = await this.createModelVersion(opts);
+    const oldest = await oldestSame();
+    if (!oldest || oldest.version === mine.version) return { version: mine, created: true };
+    await this.deleteModelVersion(opts.name, mine.version);
+    return { version: oldest, created: false };
+  }
+
+  /** Deletes one version of a registered model; one already gone (a retried delete) is not an error. */
+  async deleteModelVersion(name: string, version: string | number): Promise<void> {
+    try {
+      await this.request('DELETE', '/api/2.0/mlflow/model-versions/delete', { json: { name, version: String(version) } });
+    } catch (err) {
+      if (err instanceof MlflowRequestError && err.errorCode === 'RESOURCE_DOES_NOT_EXIST') return;
+      throw err;
+    }
   }
 
   async getModelVersion(name: string, version: string | number): Promise<ModelVersion> {
