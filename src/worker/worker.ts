@@ -22,6 +22,11 @@ export interface WorkerOptions {
    * `<pid>@<hostname>`, unique per process and per container.
    */
   identity?: string;
+  /**
+   * The most a heartbeat is held back (Temporal duration, default `2s`): how stale the server's checkpoint
+   * reference and the shown progress may be, traded against heartbeat traffic to the server.
+   */
+  heartbeatInterval?: string;
   /** Reuse an existing connection (in-process workers share the client's). */
   connection?: NativeConnection;
 }
@@ -51,6 +56,7 @@ export function maxConcurrentStages(queue: TaskQueue): number {
  * device. A `cpu` worker runs a few at once; each ML job has its own thread.
  */
 export async function createPipelineWorker(options: WorkerOptions): Promise<Worker> {
+  const heartbeatInterval = parseHeartbeatInterval(options.heartbeatInterval ?? '2s');
   const connection = options.connection ?? (await NativeConnection.connect({ address: options.temporalAddress }));
   const store = new ArtifactStore(options.storeRoot);
   const tracker = options.mlflowUrl ? new StageTracker(new MlflowClient(options.mlflowUrl), store) : null;
@@ -65,6 +71,19 @@ export async function createPipelineWorker(options: WorkerOptions): Promise<Work
     // The SDK sends heartbeats at most every 0.8 × heartbeatTimeout (up to a minute); a checkpoint waits for
     // the next one. Sending every 2 s instead bounds how far behind the server's checkpoint reference (what
     // another worker resumes from) and the progress `status` shows can be, whatever the timeout.
-    maxHeartbeatThrottleInterval: '2s',
+    maxHeartbeatThrottleInterval: heartbeatInterval,
   });
+}
+
+/**
+ * A heartbeat interval as `<n>ms` or `<n>s`, between 50 ms and 60 s: shorter floods the server with
+ * heartbeats, longer than the SDK's own cap does nothing.
+ */
+export function parseHeartbeatInterval(text: string): string {
+  const m = /^(\d+(?:\.\d+)?)(ms|s)$/.exec(text.trim());
+  const ms = m ? Number(m[1]) * (m[2] === 's' ? 1000 : 1) : NaN;
+  if (!(ms >= 50 && ms <= 60_000)) {
+    throw new Error(`WEIGHTFORMER_HEARTBEAT_INTERVAL: '${text}' is not a duration between 50ms and 60s (write e.g. 500ms or 2s)`);
+  }
+  return `${ms}ms`;
 }

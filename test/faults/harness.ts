@@ -54,19 +54,37 @@ export interface KillMeasurement {
   workRedone: number;
 }
 
+type Description = Awaited<ReturnType<WorkflowHandle['describe']>>;
+
+/** The last heartbeat the server holds for each pending activity. */
+function pendingHeartbeats(desc: Description): StageHeartbeat[] {
+  return (desc.raw.pendingActivities ?? []).flatMap((a) => {
+    const payload = a.heartbeatDetails?.payloads?.[0];
+    return payload ? [defaultPayloadConverter.fromPayload<StageHeartbeat>(payload as never)] : [];
+  });
+}
+
+function checkpointUnit(hb: StageHeartbeat): string | undefined {
+  return (hb.checkpoint as KeyedCheckpoint | undefined)?.unit;
+}
+
 /**
  * Waits until the running stage heartbeats `unit` at least half a checkpoint interval past its last
  * checkpoint (so the kill loses real work), SIGKILLs `worker` at once, and measures the work the retry will
  * redo: the last heartbeated step minus the step of the checkpoint the server hands the retry.
  */
 export async function killMidInterval(handle: WorkflowHandle, worker: WorkerProcess, unit: string, interval: number, store: ArtifactStore): Promise<KillMeasurement> {
-  let seen: StageHeartbeat | null = null;
+  let seen: StageHeartbeat | null = null; // the unit's last heartbeat
+  let lastSeen: StageHeartbeat[] = []; // every pending activity's, for the error message
   const seenCheckpoints = new Map<string, number>();
   for (;;) {
     // describe() alone: the progress query goes through the worker, which is slow to answer under load.
     const desc = await handle.describe();
-    const pending = desc.raw.pendingActivities?.[0]?.heartbeatDetails?.payloads?.[0];
-    const hb = pending ? defaultPayloadConverter.fromPayload<StageHeartbeat>(pending as never) : null;
+    // Stages run several activities at once (one per teacher, the baselines side by side), listed in no set
+    // order: look at every pending one, not the first, for the unit's heartbeat.
+    const heartbeats = pendingHeartbeats(desc);
+    if (heartbeats.length) lastSeen = heartbeats;
+    const hb = heartbeats.find((h) => checkpointUnit(h) === unit) ?? null;
     if (hb) seen = hb;
     const cp = hb?.checkpoint as KeyedCheckpoint | undefined;
     if (cp?.unit === unit && cp.resume.state) {
@@ -83,18 +101,15 @@ export async function killMidInterval(handle: WorkflowHandle, worker: WorkerProc
       }
     }
     if (desc.status.name !== 'RUNNING') {
-      assert.fail(`pipeline ended (${desc.status.name}) before ${unit} was mid-interval; last heartbeat ${JSON.stringify(seen)}; worker output:\n${worker.output()}`);
+      assert.fail(`pipeline ended (${desc.status.name}) before ${unit} was mid-interval; its last heartbeat ${JSON.stringify(seen)}; the last pending ${JSON.stringify(lastSeen.map((h) => ({ unit: checkpointUnit(h), phase: h.phase, step: h.step })))}; worker output:\n${worker.output()}`);
     }
     await new Promise((r) => setTimeout(r, 50));
   }
   const stepAtKill = seen!.step;
   // What the server will hand the retry: the last heartbeat it recorded (possibly newer than the one seen).
-  const desc = await handle.describe();
-  const payload = desc.raw.pendingActivities?.[0]?.heartbeatDetails?.payloads?.[0];
-  assert.ok(payload, 'no heartbeat recorded for the killed attempt');
-  const recorded = defaultPayloadConverter.fromPayload<StageHeartbeat>(payload as never);
+  const recorded = pendingHeartbeats(await handle.describe()).find((h) => checkpointUnit(h) === unit);
+  assert.ok(recorded, `no heartbeat recorded for the killed attempt of ${unit}`);
   const cp = recorded.checkpoint as KeyedCheckpoint;
-  assert.equal(cp.unit, unit);
   const resumedFrom = await checkpointStep(store, unit, cp.resume.state!);
   const lastStep = Math.max(stepAtKill, recorded.step);
   return { unit, stepAtKill: lastStep, resumedFrom, workRedone: lastStep - resumedFrom };
