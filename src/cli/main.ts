@@ -264,6 +264,7 @@ async function workerCommand(opts: { queue: TaskQueue; stateDir?: string }): Pro
     mlflowUrl: process.env.MLFLOW_TRACKING_URI || null,
     identity: process.env.WEIGHTFORMER_WORKER_IDENTITY || undefined,
     heartbeatInterval: process.env.WEIGHTFORMER_HEARTBEAT_INTERVAL || undefined,
+    outboxReplayInterval: process.env.WEIGHTFORMER_OUTBOX_REPLAY_INTERVAL || undefined,
     namespace: process.env.TEMPORAL_NAMESPACE || undefined,
   });
   process.stderr.write(`worker polling task queue '${taskQueueName(opts.queue, queuePrefix())}' on ${address}\n`);

@@ -27,6 +27,11 @@ export interface WorkerOptions {
    * reference and the shown progress may be, traded against heartbeat traffic to the server.
    */
   heartbeatInterval?: string;
+  /**
+   * How often the worker replays the store's tracking outbox on its own (Temporal duration, default `30s`):
+   * records buffered while MLflow was down reach it once it is back, without waiting for a tracking call.
+   */
+  outboxReplayInterval?: string;
   /** Reuse an existing connection (in-process workers share the client's). */
   connection?: NativeConnection;
 }
@@ -56,11 +61,12 @@ export function maxConcurrentStages(queue: TaskQueue): number {
  * device. A `cpu` worker runs a few at once; each ML job has its own thread.
  */
 export async function createPipelineWorker(options: WorkerOptions): Promise<Worker> {
-  const heartbeatInterval = parseHeartbeatInterval(options.heartbeatInterval ?? '2s');
+  const heartbeatInterval = parseWorkerDuration('WEIGHTFORMER_HEARTBEAT_INTERVAL', options.heartbeatInterval ?? '2s', 50, 60_000);
+  const outboxReplayMs = parseWorkerDuration('WEIGHTFORMER_OUTBOX_REPLAY_INTERVAL', options.outboxReplayInterval ?? '30s', 1000, 3_600_000);
   const connection = options.connection ?? (await NativeConnection.connect({ address: options.temporalAddress }));
   const store = new ArtifactStore(options.storeRoot);
   const tracker = options.mlflowUrl ? new StageTracker(new MlflowClient(options.mlflowUrl), store) : null;
-  return Worker.create({
+  const worker = await Worker.create({
     connection,
     namespace: options.namespace ?? 'default',
     taskQueue: taskQueueName(options.taskQueue, options.queuePrefix),
@@ -71,19 +77,56 @@ export async function createPipelineWorker(options: WorkerOptions): Promise<Work
     // The SDK sends heartbeats at most every 0.8 × heartbeatTimeout (up to a minute); a checkpoint waits for
     // the next one. Sending every 2 s instead bounds how far behind the server's checkpoint reference (what
     // another worker resumes from) and the progress `status` shows can be, whatever the timeout.
-    maxHeartbeatThrottleInterval: heartbeatInterval,
+    maxHeartbeatThrottleInterval: `${heartbeatInterval}ms`,
   });
+  if (tracker) replayOutboxWhileAlive(tracker, worker, outboxReplayMs);
+  return worker;
 }
 
 /**
- * A heartbeat interval as `<n>ms` or `<n>s`, between 50 ms and 60 s: shorter floods the server with
- * heartbeats, longer than the SDK's own cap does nothing.
+ * Replays the store's tracking outbox every `everyMs` until the worker stops. Without it, records buffered
+ * during an MLflow outage (a pipeline's finish, say, when the pipeline ended before MLflow came back) would
+ * wait for the next tracking call of some pipeline. Workers sharing a store may all do this: each record is
+ * claimed by a rename before it is applied (src/tracking/outbox.ts). The timer does not keep the process up.
  */
-export function parseHeartbeatInterval(text: string): string {
+function replayOutboxWhileAlive(tracker: StageTracker, worker: Worker, everyMs: number): void {
+  let busy = false;
+  const timer = setInterval(() => {
+    const state = worker.getState();
+    if (state === 'STOPPED' || state === 'FAILED') {
+      clearInterval(timer);
+      return;
+    }
+    if (busy) return;
+    busy = true;
+    void (async () => {
+      if ((await tracker.outbox.pendingCount()) === 0) return;
+      const { replayed, unavailable } = await tracker.replayOutbox();
+      if (replayed > 0) process.stderr.write(`tracking outbox: replayed ${replayed} record(s) to MLflow${unavailable ? '; MLflow unavailable again, the rest wait' : ''}\n`);
+    })()
+      // A record MLflow refuses is moved to the outbox's failed/ by the replay itself; anything else
+      // (the store unreadable, say) is reported and tried again next time.
+      .catch((err: unknown) => process.stderr.write(`tracking outbox: replay failed: ${err instanceof Error ? err.message : String(err)}\n`))
+      .finally(() => {
+        busy = false;
+      });
+  }, everyMs);
+  timer.unref();
+}
+
+/**
+ * A worker duration setting as `<n>ms` or `<n>s`, in milliseconds, between `minMs` and `maxMs` (the
+ * heartbeat interval: shorter floods the server, longer than the SDK's own cap does nothing).
+ */
+export function parseWorkerDuration(variable: string, text: string, minMs: number, maxMs: number): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s)$/.exec(text.trim());
   const ms = m ? Number(m[1]) * (m[2] === 's' ? 1000 : 1) : NaN;
-  if (!(ms >= 50 && ms <= 60_000)) {
-    throw new Error(`WEIGHTFORMER_HEARTBEAT_INTERVAL: '${text}' is not a duration between 50ms and 60s (write e.g. 500ms or 2s)`);
+  if (!(ms >= minMs && ms <= maxMs)) {
+    throw new Error(`${variable}: '${text}' is not a duration between ${formatMs(minMs)} and ${formatMs(maxMs)} (write e.g. 500ms or 2s)`);
   }
-  return `${ms}ms`;
+  return ms;
+}
+
+function formatMs(ms: number): string {
+  return ms < 1000 ? `${ms}ms` : `${ms / 1000}s`;
 }
