@@ -12,6 +12,11 @@
  * The steps that do not depend on what a unit is (the assignment solver, the coordinate ascent, the
  * similarity of feature rows, the float64 mean, aligned averaging) are exported here for the CNN, ResNet
  * and ViT alignments, which only say how their units and signatures are laid out.
+ *
+ * Weight matching is the default everywhere a pipeline aligns. The alternative, activation matching
+ * (`align-activations.ts`, `cnn/align-activations.ts`: units matched by how their outputs correlate on
+ * consolidation examples; MLP and CNN), is chosen by a pipeline's `alignment: {method: activations}`; on
+ * the cnn.yaml setting it lifts the aligned average from about 60% to 80% (bench/results/).
  */
 import { InputError } from '../util/errors';
 import type { MlpLayer, MlpParams } from './mlp';

@@ -15,15 +15,21 @@
  *
  * The similarity is the Pearson correlation of two units' activations over all examples (× all spatial
  * positions, for a channel), accumulated in float64 on the host so the result does not depend on the
- * backend; a unit that never varies (a dead ReLU) correlates 0 with everything.
+ * backend; a unit that never varies (a dead ReLU) correlates 0 with everything (`../align-activations.ts`,
+ * shared with the MLP's version).
+ *
+ * A pipeline chooses it with `alignment: {method: activations}` (README): then every alignment of that
+ * pipeline (the aligned-average baselines, the WeightFormer's reference and its input alignment) uses it.
  */
 import type { Dataset } from '../data';
 import { checkImageFeatures } from '../evaluate';
-import { checkSameSignature, maximizeAssignment } from '../align';
+import { checkSameSignature } from '../align';
+import { assignByActivations, type LayerActivations } from '../align-activations';
 import { tf } from '../tf';
 import type { CnnParams } from './architecture';
 import { cnnSignature } from './architecture';
 import type { CnnPermutations } from './align';
+import { permuteCnnUnits } from './align';
 import type { CnnTensors } from './forward';
 import { cnnParamsToTensors, disposeCnnTensors } from './forward';
 import { asNhwc, batchNormEval, conv2dSame, pool2x2 } from './ops';
@@ -75,14 +81,14 @@ export function cnnLayerActivations(
 }
 
 /** Each permutable layer's activations on `images` as host rows × units matrices (float32). */
-async function activationsOf(p: CnnParams, images: Dataset, convSite: ConvActivationSite): Promise<Array<{ values: Float32Array; units: number }>> {
+async function activationsOf(p: CnnParams, images: Dataset, convSite: ConvActivationSite): Promise<LayerActivations[]> {
   const t = cnnParamsToTensors(p);
   try {
     const x = tf.tensor2d(images.x, [images.n, images.x.length / images.n], 'float32');
     const { layers, logits } = cnnLayerActivations(t, x, convSite);
     tf.dispose([x, logits]);
     try {
-      const out: Array<{ values: Float32Array; units: number }> = [];
+      const out: LayerActivations[] = [];
       for (const layer of layers) out.push({ values: new Float32Array(await layer.data()), units: layer.shape[1] ?? 0 });
       return out;
     } finally {
@@ -91,45 +97,6 @@ async function activationsOf(p: CnnParams, images: Dataset, convSite: ConvActiva
   } finally {
     disposeCnnTensors(t);
   }
-}
-
-/** Columns of a rows × units matrix standardised (mean 0, norm 1, float64); a constant column becomes 0. */
-function standardizedColumns(values: Float32Array, units: number): Float64Array[] {
-  const rows = values.length / units;
-  const cols = Array.from({ length: units }, () => new Float64Array(rows));
-  for (let r = 0; r < rows; r++) for (let u = 0; u < units; u++) (cols[u] as Float64Array)[r] = values[r * units + u] ?? 0;
-  for (const col of cols) {
-    let mean = 0;
-    for (let r = 0; r < rows; r++) mean += col[r] ?? 0;
-    mean /= rows;
-    let ss = 0;
-    for (let r = 0; r < rows; r++) {
-      const d = (col[r] ?? 0) - mean;
-      col[r] = d;
-      ss += d * d;
-    }
-    const norm = Math.sqrt(ss);
-    // Relative threshold: float32 rounding leaves a dead unit with a tiny, meaningless spread.
-    const scale = norm > 1e-12 * rows ? 1 / norm : 0;
-    for (let r = 0; r < rows; r++) col[r] = (col[r] ?? 0) * scale;
-  }
-  return cols;
-}
-
-/** corr[i·n + j]: Pearson correlation of reference unit i with teacher unit j. */
-function correlation(reference: Float64Array[], teacher: Float64Array[]): Float64Array {
-  const n = reference.length;
-  const sim = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    const a = reference[i] as Float64Array;
-    for (let j = 0; j < n; j++) {
-      const b = teacher[j] as Float64Array;
-      let s = 0;
-      for (let r = 0; r < a.length; r++) s += (a[r] ?? 0) * (b[r] ?? 0);
-      sim[i * n + j] = s;
-    }
-  }
-  return sim;
 }
 
 /**
@@ -145,11 +112,10 @@ export async function matchCnnActivations(reference: CnnParams, teacher: CnnPara
   checkImageFeatures(reference.inputShape, images);
   if (images.n < 2) throw new Error('activation matching needs at least 2 images');
   const site = options.convSite ?? 'pooled';
-  const ref = await activationsOf(reference, images, site);
-  const tea = await activationsOf(teacher, images, site);
-  return ref.map((r, g) => {
-    const t = tea[g];
-    if (!t || t.units !== r.units) throw new Error(`layer ${g}: activations of different widths`);
-    return maximizeAssignment(correlation(standardizedColumns(r.values, r.units), standardizedColumns(t.values, t.units)), r.units);
-  });
+  return assignByActivations(await activationsOf(reference, images, site), await activationsOf(teacher, images, site));
+}
+
+/** CNN `teacher` with its channels and hidden units permuted to match `reference` by activations on `images`. Function-preserving. */
+export async function alignCnnByActivations(reference: CnnParams, teacher: CnnParams, images: Dataset, options: MatchActivationsOptions = {}): Promise<CnnParams> {
+  return permuteCnnUnits(teacher, await matchCnnActivations(reference, teacher, images, options));
 }

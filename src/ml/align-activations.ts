@@ -1,0 +1,151 @@
+/**
+ * Activation matching (Ainsworth et al., "Git Re-Basin", §3.1): a teacher's hidden units are matched to a
+ * reference's by how their outputs correlate on the same inputs, instead of by how their weights do.
+ *
+ * The shared part (per-layer Pearson correlation, one linear assignment per layer) and the MLP's version;
+ * the CNN's is `cnn/align-activations.ts`. A permutation never changes what a unit computes, only where it
+ * sits, so every layer's activations are the same before and after the other layers are aligned, and each
+ * layer is matched on its own (no coordinate ascent, unlike weight matching).
+ *
+ * Which inputs: a pipeline's `alignment: {method: activations, samples}` block uses the first `samples`
+ * examples of the consolidation set (`alignmentImages`), deterministic and the only data consolidation
+ * may read.
+ */
+import { checkSameSignature, maximizeAssignment, permuteHiddenUnits } from './align';
+import type { Dataset } from './data';
+import { featureSize, selectExamples } from './data';
+import type { MlpParams } from './mlp';
+import { architectureSignature, paramsToTensors, disposeMlpTensors } from './mlp';
+import { tf } from './tf';
+import { InputError } from '../util/errors';
+
+/** One layer's activations on the matching inputs: rows × units, row-major (float32, host). */
+export interface LayerActivations {
+  values: Float32Array;
+  units: number;
+}
+
+/**
+ * The first `samples` examples of `data` (all of it when it has fewer): the inputs activation matching
+ * reads, in the pipeline the consolidation set's first `alignment.samples`.
+ */
+export function alignmentImages(data: Dataset, samples: number): Dataset {
+  if (!Number.isInteger(samples) || samples < 2) throw new InputError(`alignment.samples must be an integer ≥ 2, got ${samples}`);
+  const n = Math.min(samples, data.n);
+  if (n < 2) throw new InputError(`activation matching needs at least 2 examples, the data has ${data.n}`);
+  return n === data.n ? data : selectExamples(data, Array.from({ length: n }, (_, i) => i));
+}
+
+/** Columns of a rows × units matrix standardised (mean 0, norm 1, float64); a constant column becomes 0. */
+export function standardizedColumns(values: Float32Array, units: number): Float64Array[] {
+  const rows = values.length / units;
+  const cols = Array.from({ length: units }, () => new Float64Array(rows));
+  for (let r = 0; r < rows; r++) for (let u = 0; u < units; u++) (cols[u] as Float64Array)[r] = values[r * units + u] ?? 0;
+  for (const col of cols) {
+    let mean = 0;
+    for (let r = 0; r < rows; r++) mean += col[r] ?? 0;
+    mean /= rows;
+    let ss = 0;
+    for (let r = 0; r < rows; r++) {
+      const d = (col[r] ?? 0) - mean;
+      col[r] = d;
+      ss += d * d;
+    }
+    const norm = Math.sqrt(ss);
+    // Relative threshold: float32 rounding leaves a dead unit with a tiny, meaningless spread.
+    const scale = norm > 1e-12 * rows ? 1 / norm : 0;
+    for (let r = 0; r < rows; r++) col[r] = (col[r] ?? 0) * scale;
+  }
+  return cols;
+}
+
+/** corr[i·n + j]: Pearson correlation of reference unit i with teacher unit j. */
+export function correlation(reference: Float64Array[], teacher: Float64Array[]): Float64Array {
+  const n = reference.length;
+  const sim = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    const a = reference[i] as Float64Array;
+    for (let j = 0; j < n; j++) {
+      const b = teacher[j] as Float64Array;
+      let s = 0;
+      for (let r = 0; r < a.length; r++) s += (a[r] ?? 0) * (b[r] ?? 0);
+      sim[i * n + j] = s;
+    }
+  }
+  return sim;
+}
+
+/**
+ * Per layer, the assignment maximising the summed correlation of reference unit i with teacher unit
+ * perm[i] (`perm[i]` = the teacher's old index of new unit i, as the permute functions take it).
+ */
+export function assignByActivations(reference: LayerActivations[], teacher: LayerActivations[]): Int32Array[] {
+  if (reference.length !== teacher.length) throw new Error('activations of different depths');
+  return reference.map((r, g) => {
+    const t = teacher[g];
+    if (!t || t.units !== r.units) throw new Error(`layer ${g}: activations of different widths`);
+    return maximizeAssignment(correlation(standardizedColumns(r.values, r.units), standardizedColumns(t.values, t.units)), r.units);
+  });
+}
+
+/** Each hidden layer's post-activation outputs on `images` (the same operations as `mlpLogits`). */
+async function mlpHiddenActivations(p: MlpParams, images: Dataset): Promise<LayerActivations[]> {
+  const t = paramsToTensors(p);
+  try {
+    const hidden = tf.tidy(() => {
+      let h: tf.Tensor2D = tf.tensor2d(images.x, [images.n, featureSize(images)], 'float32');
+      const out: tf.Tensor2D[] = [];
+      t.layers.slice(0, -1).forEach((layer) => {
+        const z = tf.add(tf.matMul(h, layer.w), layer.b) as tf.Tensor2D;
+        h = t.activation === 'relu' ? tf.relu(z) : tf.tanh(z);
+        out.push(h);
+      });
+      return out;
+    });
+    try {
+      const out: LayerActivations[] = [];
+      for (const h of hidden) out.push({ values: new Float32Array(await h.data()), units: h.shape[1] ?? 0 });
+      return out;
+    } finally {
+      tf.dispose(hidden);
+    }
+  } finally {
+    disposeMlpTensors(t);
+  }
+}
+
+/**
+ * The permutations activation matching chooses to align MLP `teacher` to `reference` (use with
+ * `permuteHiddenUnits`): per hidden layer, hidden units matched by the correlation of their activations on
+ * `images`.
+ */
+export async function matchMlpActivations(reference: MlpParams, teacher: MlpParams, images: Dataset): Promise<Int32Array[]> {
+  checkSameSignature([reference, teacher], architectureSignature);
+  const inputSize = reference.layers[0]?.inSize ?? 0;
+  if (images.n < 2) throw new InputError('activation matching needs at least 2 examples');
+  if (featureSize(images) !== inputSize) throw new InputError(`the matching data has ${featureSize(images)} features per example, the MLP reads ${inputSize}`);
+  return assignByActivations(await mlpHiddenActivations(reference, images), await mlpHiddenActivations(teacher, images));
+}
+
+/** MLP `teacher` with its hidden units permuted to match `reference` by activations on `images`. Function-preserving. */
+export async function alignMlpByActivations(reference: MlpParams, teacher: MlpParams, images: Dataset): Promise<MlpParams> {
+  return permuteHiddenUnits(teacher, await matchMlpActivations(reference, teacher, images));
+}
+
+/**
+ * Every model aligned to `list[referenceIndex]` by `align` (an activation matcher), then averaged: the
+ * activation-matched counterpart of `alignedAverageOf`. The reference itself is not permuted.
+ */
+export async function alignedAverageByActivations<P>(
+  list: P[],
+  images: Dataset,
+  align: (reference: P, teacher: P, images: Dataset) => Promise<P>,
+  average: (list: P[]) => P,
+  referenceIndex = 0,
+): Promise<P> {
+  const reference = list[referenceIndex];
+  if (reference === undefined) throw new InputError(`no model at reference index ${referenceIndex}`);
+  const aligned: P[] = [];
+  for (const [i, p] of list.entries()) aligned.push(i === referenceIndex ? p : await align(reference, p, images));
+  return average(aligned);
+}
