@@ -9,6 +9,8 @@
  */
 import { InputError } from '../../util/errors';
 import { alignToReference, alignedAverage, averageParams } from '../align';
+import { alignMlpByActivations, alignmentImages } from '../align-activations';
+import { alignCnnByActivations } from '../cnn/align-activations';
 import type { CnnArchitecture, CnnParams } from '../cnn/architecture';
 import type { ResnetParams } from '../resnet/architecture';
 import { checkCnnArchitecture, checkCnnParamsMatch, cnnSignature } from '../cnn/architecture';
@@ -42,6 +44,37 @@ export { isCnnArch, isCnnParams } from './tokens';
  */
 export type StudentBnMode = 'eval' | 'train';
 
+/**
+ * How a WeightFormer's teachers are aligned to its reference, recorded in the model (and its file) when it
+ * is not the default weight matching: `{method: 'activations', samples}` (a pipeline's `alignment` block)
+ * matches units by their activations on the first `samples` consolidation examples. Absent: weight
+ * matching, exactly as before the option existed (same bytes, same fingerprints).
+ */
+export interface AlignmentRecord {
+  method: 'activations';
+  samples: number;
+}
+
+/**
+ * What aligning needs when it runs. Weight matching needs nothing; activation matching needs the images
+ * (`alignmentImages`). Why a context and not a data argument on `align`: activation matching is
+ * asynchronous (forward passes) and needs data, weight matching is neither; keeping `align` the
+ * synchronous weight matcher leaves every existing caller (and the MLP's bit-for-bit results) untouched,
+ * and the few places that align a whole ensemble (`alignTeachers`: meta-training, generation,
+ * `zooReferenceWith`) do it up front,
+ * before the synchronous model code reads the aligned teachers.
+ */
+export type AlignmentContext = { method: 'weights' } | { method: 'activations'; images: Dataset };
+
+export const WEIGHT_MATCHING: AlignmentContext = { method: 'weights' };
+
+/** The context of a recorded alignment: the images are the first `record.samples` of `data` (the consolidation set). */
+export function alignmentContext(record: AlignmentRecord | undefined, data: Dataset | undefined): AlignmentContext {
+  if (!record) return WEIGHT_MATCHING;
+  if (!data) throw new InputError(`this WeightFormer aligns teachers by their activations on ${record.samples} consolidation examples: pass the consolidation set`);
+  return { method: 'activations', images: alignmentImages(data, record.samples) };
+}
+
 export interface StudentFamily {
   readonly name: 'mlp' | 'cnn' | 'resnet' | 'vit';
   /** Whether probe tokens (per-unit pre-activations on a probe batch) are defined for this family. */
@@ -60,8 +93,13 @@ export interface StudentFamily {
   layout(arch: StudentArch): Layout;
   toRows(p: StudentParams): Float32Array[];
   fromRows(rows: Float32Array[], arch: StudentArch): StudentParams;
-  /** `teacher` with its hidden units permuted to match `reference` (function-preserving). */
+  /** `teacher` with its hidden units permuted to match `reference` by weight matching (function-preserving). */
   align(reference: StudentParams, teacher: StudentParams): StudentParams;
+  /**
+   * `teacher` aligned to `reference` by activation matching on `images` (function-preserving); absent
+   * for the families it is not implemented for (`alignTeachers` refuses them).
+   */
+  alignByActivations?(reference: StudentParams, teacher: StudentParams, images: Dataset): Promise<StudentParams>;
   /** Every model aligned to `list[0]`, then averaged (`zooReference`). */
   alignedAverage(list: StudentParams[]): StudentParams;
   /** Element-wise mean of already aligned models. */
@@ -134,6 +172,7 @@ export const MLP_FAMILY: StudentFamily = {
     return rowsToParams(rows, layoutOf(a), a.activation);
   },
   align: (reference, teacher) => alignToReference(mlpParams(reference), mlpParams(teacher)),
+  alignByActivations: (reference, teacher, images) => alignMlpByActivations(mlpParams(reference), mlpParams(teacher), images),
   alignedAverage: (list) => alignedAverage(list.map(mlpParams), 0),
   average: (list) => averageParams(list.map(mlpParams)),
   digest: (p) => paramsDigest(mlpParams(p)),
@@ -171,6 +210,7 @@ export const CNN_FAMILY: StudentFamily = {
     return p;
   },
   align: (reference, teacher) => alignCnnToReference(cnnParams(reference), cnnParams(teacher)),
+  alignByActivations: (reference, teacher, images) => alignCnnByActivations(cnnParams(reference), cnnParams(teacher), images),
   alignedAverage: (list) => alignedAverageCnn(list.map(cnnParams), 0),
   average: (list) => averageCnnParams(list.map(cnnParams)),
   digest: (p) => cnnParamsDigest(cnnParams(p)),
@@ -200,6 +240,22 @@ export function isStudentArch(arch: { family: string }): arch is StudentArch {
 /** The adapter of a parameter object. */
 export function familyOfParams(p: StudentParams): StudentFamily {
   return FAMILIES[paramsFamily(p)];
+}
+
+/** The families activation matching is implemented for (the spec refuses `alignment.method: activations` for others). */
+export const ACTIVATION_ALIGNMENT_FAMILIES: readonly StudentFamily['name'][] = Object.values(FAMILIES).filter((f) => f.alignByActivations).map((f) => f.name);
+
+/**
+ * `teachers` aligned to `reference` as `alignment` says: weight matching (`family.align`, the default) or
+ * activation matching on the context's images (InputError for a family without it).
+ */
+export async function alignTeachers(family: StudentFamily, reference: StudentParams, teachers: StudentParams[], alignment: AlignmentContext = WEIGHT_MATCHING): Promise<StudentParams[]> {
+  if (alignment.method === 'weights') return teachers.map((t) => family.align(reference, t));
+  const byActivations = family.alignByActivations;
+  if (!byActivations) throw new InputError(`activation matching is not implemented for the ${family.name} family (it is for ${ACTIVATION_ALIGNMENT_FAMILIES.join(', ')}); use alignment.method weights`);
+  const out: StudentParams[] = [];
+  for (const t of teachers) out.push(await byActivations(reference, t, alignment.images));
+  return out;
 }
 
 /**

@@ -7,7 +7,7 @@ import type { Dataset } from '../data';
 import { featureSize } from '../data';
 import type { MlpParams } from '../mlp';
 import { tf } from '../tf';
-import { familyOf } from './family';
+import { alignTeachers, alignmentContext, familyOf } from './family';
 import type { ModelConstants, WeightformerModel } from './model';
 import { asParams, disposeModelConstants, disposeSet, modelConstants, studentRows, uploadParams, uploadSet } from './model';
 import type { StudentArch, StudentParams, TeacherFeatures } from './tokens';
@@ -27,13 +27,18 @@ function withProbe(m: WeightformerModel<StudentArch>, probe: Dataset | undefined
   return { ...m, stats: { ...m.stats, probe: { ...m.stats.probe, x: probe.x.slice(0, n * inputSize) } } };
 }
 
-/** Aligns `teachers` to the model's reference and builds what the encoder reads from each. */
-export function prepareTeachers(m: WeightformerModel<StudentArch>, teachers: StudentParams[]): TeacherFeatures[] {
+/**
+ * Aligns `teachers` to the model's reference, the way the model was trained to read them (weight matching,
+ * or activation matching on the first `m.alignment.samples` examples of `alignmentData`, the consolidation
+ * set), and builds what the encoder reads from each.
+ */
+export async function prepareTeachers(m: WeightformerModel<StudentArch>, teachers: StudentParams[], alignmentData?: Dataset): Promise<TeacherFeatures[]> {
   if (teachers.length < 1) throw new InputError('generateStudent needs at least one teacher');
   const family = familyOf(m.arch);
   for (const t of teachers) family.checkParams(t, m.arch);
   const layout = layoutOf(m.arch);
-  return teachers.map((t) => teacherFeatures(layout, m.config, m.stats, family.align(m.reference, t)));
+  const aligned = await alignTeachers(family, m.reference, teachers, alignmentContext(m.alignment, alignmentData));
+  return aligned.map((t) => teacherFeatures(layout, m.config, m.stats, t));
 }
 
 /**
@@ -67,17 +72,19 @@ export async function generateWith(
  * (its first `probeSize` examples) for experiments. The student has the teachers' family: MLP teachers
  * give an MLP, CNN teachers a CNN (with predicted BN running statistics; `recomputeStudentBn` re-estimates
  * them on data as a separate step). Teachers of another family or shape than the model's: InputError.
+ * A model trained on activation-aligned teachers (`m.alignment`) aligns them the same way, on the first
+ * `m.alignment.samples` examples of `alignmentData` (the consolidation set; required then, ignored otherwise).
  *
  * @example
  * const student = await generateStudent(model, heldOutTeachers);
  * console.log(await accuracy(student, split.test));
  */
-export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: MlpParams[], probe?: Dataset): Promise<MlpParams>;
-export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: CnnParams[], probe?: Dataset): Promise<CnnParams>;
-export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: StudentParams[], probe?: Dataset): Promise<StudentParams>;
-export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: StudentParams[], probe?: Dataset): Promise<StudentParams> {
+export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: MlpParams[], probe?: Dataset, alignmentData?: Dataset): Promise<MlpParams>;
+export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: CnnParams[], probe?: Dataset, alignmentData?: Dataset): Promise<CnnParams>;
+export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: StudentParams[], probe?: Dataset, alignmentData?: Dataset): Promise<StudentParams>;
+export async function generateStudent(m: WeightformerModel<StudentArch>, teachers: StudentParams[], probe?: Dataset, alignmentData?: Dataset): Promise<StudentParams> {
   const model = withProbe(m, probe);
-  const features = prepareTeachers(model, teachers);
+  const features = await prepareTeachers(model, teachers, alignmentData);
   const c = modelConstants(model);
   const { names, tensors } = uploadParams(model);
   try {

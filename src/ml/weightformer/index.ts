@@ -7,12 +7,12 @@ export { DEFAULT_WEIGHTFORMER_CONFIG, weightformerConfig, checkWeightformerConfi
 export type { WeightformerModel, ParamSpec } from './model';
 export { initWeightformer, paramSpecs, paramCountOf } from './model';
 export { generateStudent } from './generate';
-export { zooReference } from './reference';
+export { zooReference, zooReferenceWith } from './reference';
 export { serializeWeightformer, deserializeWeightformer } from './io';
 export type { MetaTrainOptions, MetaTrainHooks, MetaTrainResult, MetaStepInfo } from './meta-train';
 export { metaTrain, MetaTrainingAbortedError, flattenWeightformerParams, withFlatParams, probeBatch } from './meta-train';
 export type { MetaTrainState, ValPoint } from './meta-state';
 export { serializeMetaTrainState, deserializeMetaTrainState } from './meta-state';
 export type { ZooStats, ProbeStats } from './tokens';
-export type { StudentArch, StudentParams, ParamsOf, StudentBnMode, StudentFamily } from './family';
-export { familyOf, isStudentArch, recomputeStudentBn } from './family';
+export type { StudentArch, StudentParams, ParamsOf, StudentBnMode, StudentFamily, AlignmentRecord, AlignmentContext } from './family';
+export { familyOf, isStudentArch, recomputeStudentBn, alignTeachers, alignmentContext, ACTIVATION_ALIGNMENT_FAMILIES } from './family';

@@ -12,6 +12,7 @@ import { InputError } from '../../util/errors';
 import { ByteWriter, openContainer, readJsonHeader } from '../bytes';
 import type { WeightformerConfig } from './config';
 import { canonicalConfig, checkWeightformerConfig } from './config';
+import type { AlignmentRecord } from './family';
 import { familyOf } from './family';
 import type { WeightformerModel } from './model';
 import { paramSpecs } from './model';
@@ -29,6 +30,8 @@ interface Header {
   tokenNorm: number[];
   probe: { n: number; norm: number[] } | null;
   paramNames: string[];
+  /** Only in files of models trained with activation matching (`WeightformerModel.alignment`); absent: weight matching. */
+  alignment?: AlignmentRecord;
 }
 
 function checkFinite(a: Float32Array, where: string): void {
@@ -47,6 +50,8 @@ export function serializeWeightformer(m: WeightformerModel<StudentArch>): Uint8A
     tokenNorm: m.stats.tokenNorm,
     probe: m.stats.probe ? { n: m.stats.probe.n, norm: m.stats.probe.norm } : null,
     paramNames: specs.map((s) => s.name),
+    // Written only when set, so a weight-matching model's bytes are what they always were.
+    ...(m.alignment ? { alignment: { method: m.alignment.method, samples: m.alignment.samples } } : {}),
   };
   const out = new ByteWriter();
   out.ascii(MAGIC);
@@ -103,6 +108,11 @@ export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel<St
   if (!Array.isArray(header.paramNames) || header.paramNames.join(',') !== specs.map((s) => s.name).join(',')) {
     throw new InputError(`${WHAT}: its parameters do not match its config`);
   }
+  const alignment = header.alignment;
+  if (alignment !== undefined && (typeof alignment !== 'object' || alignment === null || alignment.method !== 'activations' ||
+    !Number.isInteger(alignment.samples) || alignment.samples < 2 || !family.alignByActivations)) {
+    throw new InputError(`${WHAT}: bad alignment record ${JSON.stringify(alignment)}`);
+  }
   const reference = family.deserialize(r.blob());
   family.checkParams(reference, header.arch);
   const center: Float32Array[] = [];
@@ -136,6 +146,7 @@ export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel<St
     arch: header.arch,
     signature,
     reference,
+    ...(alignment ? { alignment: { method: alignment.method, samples: alignment.samples } } : {}),
     stats: { center, scale, tokenNorm: header.tokenNorm.slice(), probe },
     params,
   };

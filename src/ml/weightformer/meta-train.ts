@@ -29,8 +29,8 @@ import type { LossBatch } from '../train';
 import type { LossPoint } from '../train-state';
 import type { WeightformerConfig } from './config';
 import { canonicalConfig, checkWeightformerConfig } from './config';
-import type { StudentBnMode, StudentFamily } from './family';
-import { familyOf } from './family';
+import type { AlignmentRecord, StudentBnMode, StudentFamily } from './family';
+import { alignTeachers, alignmentContext, familyOf } from './family';
 import { generateWith } from './generate';
 import type { ModelConstants, SetTensors, WeightformerModel } from './model';
 import { asParams, disposeModelConstants, disposeSet, initWeightformer, modelConstants, paramSpecs, studentRows, uploadSet } from './model';
@@ -46,8 +46,17 @@ export interface MetaTrainOptions<A extends StudentArch = ArchitectureSpec> {
   config: WeightformerConfig;
   /** The meta-training pool (at least 2, at least tMax). */
   zoo: Array<ParamsOf<A>>;
-  /** The alignment target, stored with the model: `zooReference(zoo)` (see there for why). */
+  /**
+   * The alignment target, stored with the model: `zooReference(zoo)` (see there for why), or with
+   * `alignment` `zooReferenceWith(zoo, …)` with the same images.
+   */
   reference: ParamsOf<A>;
+  /**
+   * How zoo and validation teachers are aligned to `reference`: absent, weight matching (the default);
+   * `{method: 'activations', samples}`, activation matching on the first `samples` consolidation examples.
+   * Recorded in the model (and the fingerprint), so generating with it aligns the same way.
+   */
+  alignment?: AlignmentRecord;
   /** The only data meta-training reads (batches, and the probe batch of probe tokens). */
   consolidation: Dataset;
   /** Chooses the returned checkpoint: held-out ensembles (never in the zoo) scored on held-out data. */
@@ -114,6 +123,12 @@ function checkOptions(o: AnyOptions): void {
     if (e.length < 1) throw new InputError('a validation ensemble is empty');
     for (const p of e) family.checkParams(p, o.arch);
   }
+  if (o.alignment !== undefined) {
+    if (o.alignment.method !== 'activations' || !Number.isInteger(o.alignment.samples) || o.alignment.samples < 2) {
+      throw new InputError(`alignment must be {method: 'activations', samples: an integer ≥ 2}, got ${JSON.stringify(o.alignment)}`);
+    }
+    if (!family.alignByActivations) throw new InputError(`activation matching is not implemented for ${family.name} students`);
+  }
   if (o.studentBn !== undefined && o.studentBn !== 'eval' && o.studentBn !== 'train') throw new InputError(`studentBn must be eval or train, got ${String(o.studentBn)}`);
   const int = (name: string, v: number, min: number): void => {
     if (!Number.isInteger(v) || v < min) throw new InputError(`${name} must be an integer ≥ ${min}, got ${v}`);
@@ -149,7 +164,11 @@ function fingerprintOf(o: AnyOptions): string {
   const family = familyOf(o.arch);
   const digest = (p: StudentParams): string => family.digest(p);
   // MLP runs hash exactly what they hashed before families existed (their checkpoints stay resumable).
-  const extra = family.name === 'mlp' ? {} : { studentBn: o.studentBn ?? 'eval' };
+  // Likewise a run without `alignment` (weight matching) hashes what it always did.
+  const extra = {
+    ...(family.name === 'mlp' ? {} : { studentBn: o.studentBn ?? 'eval' }),
+    ...(o.alignment ? { alignment: { method: o.alignment.method, samples: o.alignment.samples } } : {}),
+  };
   return createHash('sha256')
     .update(
       JSON.stringify({
@@ -308,9 +327,18 @@ export async function metaTrain<A extends StudentArch = ArchitectureSpec>(
     if (resumeFrom.step > o.steps || resumeFrom.curve.length !== resumeFrom.step) throw new InputError('the checkpoint position does not fit this run');
   }
   const probe = o.config.probeTokens ? probeBatch(o.consolidation, o.config.probeSize, o.seed) : undefined;
-  // The fingerprint covers the architecture, so a resumed model has this run's family and shapes.
+  // Alignment happens once, up front (activation matching is asynchronous and reads the consolidation
+  // set's first `samples` examples): the zoo and the validation ensembles, aligned to the reference.
+  const alignment = alignmentContext(o.alignment, o.consolidation);
+  const alignedZoo = await alignTeachers(family, o.reference, o.zoo, alignment);
+  const alignedValidation: StudentParams[][] = [];
+  for (const e of o.validation.ensembles) alignedValidation.push(await alignTeachers(family, o.reference, e, alignment));
+  // The fingerprint covers the architecture and the alignment, so a resumed model has this run's family,
+  // shapes and alignment record.
   const model0: WeightformerModel<StudentArch> =
-    resumeFrom?.model ?? initWeightformer<StudentArch>(o.arch, o.config, o.reference, o.zoo, deriveSeed(o.seed, 'weightformer-init'), probe);
+    resumeFrom?.model ??
+    initWeightformer<StudentArch>(o.arch, o.config, o.reference, o.zoo, deriveSeed(o.seed, 'weightformer-init'), probe,
+      o.alignment ? { alignment: o.alignment, zoo: alignedZoo } : undefined);
   const specs = paramSpecs(model0.arch, model0.config);
   const names = specs.map((s) => s.name);
   const sizes = specs.map((s) => s.shape.reduce((a, b) => a * b, 1));
@@ -319,9 +347,9 @@ export async function metaTrain<A extends StudentArch = ArchitectureSpec>(
   // Precomputed once: the zoo's and the validation ensembles' tokens, the zoo's soft targets.
   const layoutConst = modelConstants(model0);
   const { layout, config } = layoutConst;
-  const featuresOf = (p: StudentParams): TeacherFeatures => teacherFeatures(layout, config, model0.stats, family.align(model0.reference, p));
-  const zooFeatures = o.zoo.map(featuresOf);
-  const valFeatures = o.validation.ensembles.map((e) => e.map(featuresOf));
+  const featuresOf = (aligned: StudentParams): TeacherFeatures => teacherFeatures(layout, config, model0.stats, aligned);
+  const zooFeatures = alignedZoo.map(featuresOf);
+  const valFeatures = alignedValidation.map((e) => e.map(featuresOf));
   const classes = family.outputSize(o.arch);
   const zooProbs: Float32Array[] = [];
   for (const p of o.zoo) zooProbs.push(await family.predictProbs(p, o.consolidation, o.temperature));

@@ -27,6 +27,7 @@ import { matMulT } from '../matmul';
 import { tf } from '../tf';
 import type { WeightformerConfig } from './config';
 import { canonicalConfig, checkWeightformerConfig } from './config';
+import type { AlignmentRecord } from './family';
 import { familyOf } from './family';
 import type { Layout, ParamsOf, SetArrays, StudentArch, StudentParams, ZooStats } from './tokens';
 import { layoutOf, tokenSize, zooStats } from './tokens';
@@ -46,6 +47,13 @@ export interface WeightformerModel<A extends StudentArch = ArchitectureSpec> {
   signature: string;
   /** The teacher every ensemble is aligned to before it is read (its row positions are the embeddings'). */
   reference: ParamsOf<A>;
+  /**
+   * How ensembles are aligned to `reference`: absent for weight matching (every model before the option,
+   * and its file, unchanged); `{method: 'activations', samples}` when the model was trained on
+   * activation-matched teachers, so generating with it must match them the same way (`generateStudent`
+   * then needs the consolidation set).
+   */
+  alignment?: AlignmentRecord;
   /** Zoo statistics: token normalisation, the per-parameter delta scale, and the probe batch. */
   stats: ZooStats;
   /** The learned tensors by name, in `paramSpecs` order; shapes come from `paramSpecs(arch, config)`. */
@@ -100,7 +108,9 @@ export function paramCountOf(arch: StudentArch, config: WeightformerConfig): num
  * A fresh WeightFormer for `arch`: the zoo is aligned to `reference` to compute the stored statistics,
  * the weights are drawn from `seed`, and the output adapters are zero (it returns the aligned average
  * until trained). `probe` (≥ `config.probeSize` examples; the first ones are used) is required with
- * probe tokens and stored with the model.
+ * probe tokens and stored with the model. `aligned`: the zoo already aligned to `reference` by another
+ * method than weight matching (activation matching is asynchronous and needs data, so the caller does
+ * it, `alignTeachers`), and the record of that method, stored with the model.
  *
  * @example
  * const model = initWeightformer(arch, weightformerConfig({ d: 64 }), zoo[0], zoo, 7);
@@ -113,6 +123,7 @@ export function initWeightformer<A extends StudentArch>(
   zoo: Array<ParamsOf<A>>,
   seed: number,
   probe?: Dataset,
+  aligned?: { alignment: AlignmentRecord; zoo: Array<ParamsOf<A>> },
 ): WeightformerModel<A> {
   const family = familyOf(arch);
   family.checkArch(arch);
@@ -122,7 +133,9 @@ export function initWeightformer<A extends StudentArch>(
   family.checkParams(ref, arch);
   for (const p of zoo as StudentParams[]) family.checkParams(p, arch);
   const layout = layoutOf(arch);
-  const aligned = (zoo as StudentParams[]).map((p) => family.align(ref, p));
+  if (aligned && aligned.zoo.length !== zoo.length) throw new InputError(`the aligned zoo has ${aligned.zoo.length} teachers, the zoo ${zoo.length}`);
+  for (const p of (aligned?.zoo ?? []) as StudentParams[]) family.checkParams(p, arch);
+  const alignedZoo = aligned ? (aligned.zoo as StudentParams[]) : (zoo as StudentParams[]).map((p) => family.align(ref, p));
   let probeBatch: { x: Float32Array; n: number } | null = null;
   if (config.probeTokens) {
     if (!probe || probe.n < config.probeSize) {
@@ -132,7 +145,7 @@ export function initWeightformer<A extends StudentArch>(
     if (featureSize(probe) !== inputSize) throw new InputError('the probe data does not fit the architecture');
     probeBatch = { x: probe.x.slice(0, config.probeSize * inputSize), n: config.probeSize };
   }
-  const stats = zooStats(layout, config, aligned, probeBatch);
+  const stats = zooStats(layout, config, alignedZoo, probeBatch);
   const rng = new Rng(seed);
   const params: Record<string, Float32Array> = {};
   for (const s of paramSpecs(arch, config)) {
@@ -146,6 +159,7 @@ export function initWeightformer<A extends StudentArch>(
     arch: family.cloneArch(arch) as A,
     signature: family.signature(arch),
     reference,
+    ...(aligned ? { alignment: { method: aligned.alignment.method, samples: aligned.alignment.samples } } : {}),
     stats,
     params,
   };

@@ -4,7 +4,8 @@
 import { InputError } from '../../util/errors';
 import type { CnnParams } from '../cnn/architecture';
 import type { MlpParams } from '../mlp';
-import { familyOfParams } from './family';
+import type { AlignmentContext } from './family';
+import { alignTeachers, familyOfParams, recomputeStudentBn } from './family';
 import type { StudentParams } from './tokens';
 
 /**
@@ -19,6 +20,13 @@ import type { StudentParams } from './tokens';
  * 87.3%, so one round it is. CNN zoos get the same (channels matched by `alignCnnToReference`; BN
  * running statistics averaged, which is fine for a template that is only matched against).
  *
+ * With activation matching (`zooReferenceWith`, a pipeline's `alignment: {method: activations}`) the
+ * same barycenter is built from activation-matched teachers, and it is matched against by its
+ * activations: a CNN reference's BN running statistics are then re-estimated on the matching images
+ * (averaged statistics do not describe the averaged network, and would distort the activations the
+ * teachers are correlated with; they are never used as weights: the residual base is the ensemble's own
+ * aligned mean).
+ *
  * @example
  * const reference = zooReference(zoo);
  * const model = initWeightformer(arch, config, reference, zoo, seed);
@@ -32,4 +40,19 @@ export function zooReference(zoo: StudentParams[]): StudentParams {
   const family = familyOfParams(first);
   if (zoo.some((p) => familyOfParams(p) !== family)) throw new InputError('the zoo mixes architecture families');
   return family.alignedAverage(zoo);
+}
+
+/**
+ * `zooReference` for any alignment: weight matching gives exactly `zooReference(zoo)`; activation matching
+ * aligns every zoo teacher to the first by its activations on the context's images, averages, and
+ * re-estimates a CNN's BN running statistics on those images (see above).
+ */
+export async function zooReferenceWith(zoo: StudentParams[], alignment: AlignmentContext): Promise<StudentParams> {
+  if (alignment.method === 'weights') return zooReference(zoo);
+  const first = zoo[0];
+  if (!first) throw new InputError('the zoo is empty');
+  const family = familyOfParams(first);
+  if (zoo.some((p) => familyOfParams(p) !== family)) throw new InputError('the zoo mixes architecture families');
+  const averaged = family.average([first, ...(await alignTeachers(family, first, zoo.slice(1), alignment))]);
+  return recomputeStudentBn(averaged, alignment.images);
 }
