@@ -93,7 +93,7 @@ describe('pipeline spec', () => {
   describe('schema', () => {
     it('has exactly the top-level keys of the file format, version and name required', () => {
       assert.deepEqual(Object.keys(PIPELINE_SCHEMA.properties ?? {}), [
-        'version', 'name', 'seed', 'data', 'architecture', 'teachers', 'zoo', 'weightformer', 'generate', 'finetune',
+        'version', 'name', 'seed', 'data', 'architecture', 'teachers', 'zoo', 'weightformer', 'generate', 'alignment', 'finetune',
         'baselines', 'evaluate', 'tracking', 'compute', 'stages', 'matrix', 'trigger',
       ]);
       assert.deepEqual(PIPELINE_SCHEMA.required, ['version', 'name']);
@@ -467,7 +467,7 @@ describe('pipeline spec', () => {
     it('refuses __proto__ and other unknown keys without touching prototypes', () => {
       const err = specError(() => loadPipelineText('version: 1\nname: p\n__proto__: {polluted: true}\n', 'p.yaml'));
       assert.deepEqual(lines(err), [
-        "p.yaml:3:1: /__proto__: unknown key '__proto__'; expected one of: version, name, seed, data, architecture, teachers, zoo, weightformer, generate, finetune, baselines, evaluate, tracking, compute, stages, matrix, trigger",
+        "p.yaml:3:1: /__proto__: unknown key '__proto__'; expected one of: version, name, seed, data, architecture, teachers, zoo, weightformer, generate, alignment, finetune, baselines, evaluate, tracking, compute, stages, matrix, trigger",
       ]);
       assert.equal(({} as Record<string, unknown>)['polluted'], undefined);
     });

@@ -90,7 +90,7 @@ export function deepMerge(base: unknown, over: unknown): unknown {
  * Objects that stay absent unless the pipeline gives them (their defaults fill only a given block): their
  * absence means "off", and filling them would change every existing pipeline's hash and cache keys.
  */
-const OPTIONAL_BLOCKS: ReadonlySet<string> = new Set(['/teachers/train/augment', '/zoo/train/augment']);
+const OPTIONAL_BLOCKS: ReadonlySet<string> = new Set(['/teachers/train/augment', '/zoo/train/augment', '/alignment']);
 
 /**
  * Fills the schema defaults of `schema` into a copy of `value`; properties come out in schema order.

@@ -16,6 +16,12 @@ export const CIFAR_INPUT_SIZE = 3072;
 export const WEIGHTFORMER_FAMILIES: readonly ArchitectureFamily[] = ['mlp', 'cnn', 'resnet', 'vit'];
 export const MNIST_INPUT_SHAPE: [number, number, number] = [28, 28, 1];
 export const CIFAR_INPUT_SHAPE: [number, number, number] = [32, 32, 3];
+/**
+ * The families `alignment.method: activations` is implemented for (the WeightFormer adapters with
+ * `alignByActivations`, src/ml/weightformer/family.ts, and the runner's `alignedAverageByActivations`; a
+ * test checks they agree).
+ */
+export const ACTIVATION_ALIGNMENT_FAMILIES: readonly ArchitectureFamily[] = ['mlp', 'cnn'];
 
 export function semanticProblems(spec: PipelineSpec): Problem[] {
   const problems: Problem[] = [];
@@ -90,6 +96,13 @@ export function semanticProblems(spec: PipelineSpec): Problem[] {
     });
   }
   problems.push(...reuseAndTriggerProblems(spec));
+  if (spec.alignment?.method === 'activations' && !ACTIVATION_ALIGNMENT_FAMILIES.includes(family)) {
+    problems.push({
+      pointer: '/alignment/method', at: 'value',
+      message: `activation matching is implemented for ${familiesPhrase(ACTIVATION_ALIGNMENT_FAMILIES)} (architecture.family is '${family}'); use 'weights'`,
+      related: ['/architecture/family'],
+    });
+  }
   return problems;
 }
 

@@ -143,6 +143,18 @@ export interface GenerateSpec {
   method: 'aligned-average' | 'weightformer';
 }
 
+/**
+ * How teachers are aligned (every alignment of the pipeline: aligned-average baselines and generation, the
+ * WeightFormer's reference and input alignment). Only in specs whose file has the block: absent means
+ * weight matching, and keeps the spec (and its hash) it always had.
+ */
+export interface AlignmentSpec {
+  /** `weights`: weight matching; `activations` (cnn, mlp): activation matching on consolidation examples. */
+  method: 'weights' | 'activations';
+  /** `activations`: the first `samples` consolidation examples (all when fewer) are matched on. */
+  samples: number;
+}
+
 export interface FinetuneSpec {
   enabled: boolean;
   epochs: number;
@@ -238,6 +250,8 @@ export interface PipelineSpec {
   zoo: ZooSpec;
   weightformer: WeightformerSpec;
   generate: GenerateSpec;
+  /** Absent: weight matching (see `AlignmentSpec`). */
+  alignment?: AlignmentSpec;
   finetune: FinetuneSpec;
   baselines: BaselinesSpec;
   evaluate: EvaluateSpec;
