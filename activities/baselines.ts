@@ -1,5 +1,6 @@
 import type { StageInput, StageOutput } from '../workflows/types';
 import type { BaselinesJobResult, EarlyStoppedJobResult } from '../src/runner/jobs';
+import { alignmentKey } from '../src/runner/alignment';
 import { cachedJob, trackedStage, type ActivityDeps } from './common';
 import { finetuneFrom } from './finetune';
 import { generateFrom } from './generate';
@@ -26,7 +27,8 @@ export function computeBaselinesActivity(deps: ActivityDeps) {
         input,
         'weightAverages',
         { spec, teachers },
-        { architecture: spec.architecture, teachers, backend: spec.compute.backend },
+        // The aligned average depends on the alignment block (absent: the key it always had).
+        { architecture: spec.architecture, teachers, backend: spec.compute.backend, ...alignmentKey(spec) },
       );
       hits.push(averages.cacheHit);
       outputs.avgNaive = averages.result.avgNaive;

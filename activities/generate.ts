@@ -1,5 +1,6 @@
 import type { StageInput, StageOutput } from '../workflows/types';
 import type { GenerateJobResult } from '../src/runner/jobs';
+import { alignmentKey } from '../src/runner/alignment';
 import { cachedJob, trackedStage, type ActivityDeps } from './common';
 
 /** Generates a student from teachers in one pass: the WeightFormer, or the aligned average without one. */
@@ -10,7 +11,8 @@ export async function generateFrom(deps: ActivityDeps, input: StageInput, teache
     input,
     'generateStudent',
     { spec, teachers, weightformer },
-    { method: spec.generate.method, architecture: spec.architecture, teachers, weightformer, backend: spec.compute.backend },
+    // Both methods align the teachers: the alignment block is part of the key (absent: the key it always had).
+    { method: spec.generate.method, architecture: spec.architecture, teachers, weightformer, backend: spec.compute.backend, ...alignmentKey(spec) },
     unit,
   );
 }

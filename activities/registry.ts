@@ -11,6 +11,7 @@
  */
 import { Context } from '@temporalio/activity';
 import type { MetaTrainJobResult } from '../src/runner/jobs';
+import { alignmentKey, alignmentLabel, alignmentRecordOf } from '../src/runner/alignment';
 import { architectureKey } from '../src/runner/families';
 import { specHash } from '../src/spec/hash';
 import type { PipelineSpec, TriggerSpec } from '../src/spec/types';
@@ -33,6 +34,8 @@ export const WF_TAGS = {
   code: 'weightformer.code_version',
   specHash: 'weightformer.spec_hash',
   workflowId: 'weightformer.workflow_id',
+  /** `weights` or `activations:<samples>`: how its teachers were aligned (missing on versions from before the option: weights). */
+  alignment: 'weightformer.alignment',
 } as const;
 
 /** Lineage tags of a student registered by a triggered consolidation. */
@@ -82,7 +85,9 @@ const artifactDir = (kind: WeightformerKind) => (kind === 'weightformer' ? 'weig
 /**
  * What identifies a trained WeightFormer across pipelines: the architecture, how the zoo and the validation
  * teachers are made (data, zoo training, seed, backend) and how the model is built and meta-trained. The
- * evaluated teachers are not part of it: one WeightFormer serves every ensemble of its family. The zoo's
+ * evaluated teachers are not part of it: one WeightFormer serves every ensemble of its family. The
+ * alignment block is, when the pipeline has one (absent: the key it always had), so `reuse: auto` never
+ * finds a WeightFormer trained on teachers aligned another way. The zoo's
  * exact content (the digest of its teachers) and the code version are version tags, for the record.
  */
 export function weightformerRegistryKey(spec: PipelineSpec, teacherInput: boolean): string {
@@ -97,6 +102,7 @@ export function weightformerRegistryKey(spec: PipelineSpec, teacherInput: boolea
     train: spec.weightformer.train,
     backend: spec.compute.backend,
     teacherInput,
+    ...alignmentKey(spec),
   });
 }
 
@@ -150,6 +156,7 @@ export async function registerWeightformer(
       [WF_TAGS.code]: codeVersion(),
       [WF_TAGS.specHash]: args.specHash,
       [WF_TAGS.workflowId]: args.workflowId,
+      [WF_TAGS.alignment]: alignmentLabel(alignmentRecordOf(args.spec)),
     },
   });
   return `models:/${name}/${version.version}`;
@@ -193,7 +200,7 @@ async function resolveReuse(client: MlflowClient, spec: PipelineSpec, teacherInp
     if (!newest) {
       throw new InputError(
         `${field}: ${reuse === 'auto' ? 'auto' : reuse} found no registered ${what} '${name}' for this architecture and zoo ` +
-          `(registry key ${weightformerRegistryKey(spec, true).slice(0, 12)}: architecture, data, seed, zoo, weightformer.model and weightformer.train must match); ` +
+          `(registry key ${weightformerRegistryKey(spec, true).slice(0, 12)}: architecture, data, seed, zoo, weightformer.model, weightformer.train and alignment must match); ` +
           'register one by running a pipeline with these settings, weightformer.mode train and tracking enabled',
       );
     }
@@ -210,6 +217,16 @@ async function resolveReuse(client: MlflowClient, spec: PipelineSpec, teacherInp
     throw new InputError(
       `${field}: ${label} was trained for the architecture ${theirs ?? '(unknown)'}, incompatible with this pipeline's architecture ${ours} ` +
         '(a WeightFormer reads and writes the rows of one architecture)',
+    );
+  }
+  // A WeightFormer only reads teachers aligned the way it was trained (a version without the tag predates
+  // the option: weight matching). The generate job checks the model file's own record again.
+  const theirAlignment = tagOf(version, WF_TAGS.alignment) ?? 'weights';
+  const ourAlignment = alignmentLabel(alignmentRecordOf(spec));
+  if (theirAlignment !== ourAlignment) {
+    throw new InputError(
+      `${field}: ${label} was meta-trained on teachers aligned by ${theirAlignment}, but this pipeline aligns by ${ourAlignment} (alignment block): ` +
+        'a WeightFormer only reads teachers aligned the way it was trained; reuse one trained with the same alignment, or train one',
     );
   }
   return version;

@@ -1,6 +1,7 @@
 import { Context } from '@temporalio/activity';
 import type { StageInput, StageOutput } from '../workflows/types';
 import type { MetaTrainJobResult } from '../src/runner/jobs';
+import { alignmentKey } from '../src/runner/alignment';
 import { architectureKey } from '../src/runner/families';
 import type { PipelineSpec } from '../src/spec/types';
 import { InputError } from '../src/util/errors';
@@ -9,7 +10,8 @@ import { fetchRegisteredWeightformer, registerWeightformer } from './registry';
 
 /**
  * The cache key of a trained WeightFormer: the architecture family (layer-shape signature), the zoo and
- * validation teachers, the model and training hyper-parameters, the data split it may read, and (through
+ * validation teachers, the model and training hyper-parameters, the data split it may read, the alignment
+ * block when the pipeline has one, and (through
  * cacheKey) the code version. The evaluated teachers are not part of it: one WeightFormer serves every
  * ensemble of its family.
  */
@@ -27,6 +29,8 @@ export function weightformerKeyInputs(spec: PipelineSpec, zoo: string[], validat
     seed: spec.seed,
     teacherInput,
     backend: spec.compute.backend,
+    // How the zoo is aligned (absent block: weight matching, and the key it always had).
+    ...alignmentKey(spec),
   };
 }
 

@@ -33,7 +33,9 @@ import type { Dataset } from '../ml/data';
 import { softmaxOfLogits } from '../ml/evaluate';
 import type { MlpParams } from '../ml/mlp';
 import { accuracy as mlpAccuracy, accuracyOfScores, ensembleProbs as mlpEnsembleProbs, initMlp } from '../ml/mlp';
-import { alignedAverage as mlpAlignedAverage, naiveAverage as mlpNaiveAverage } from '../ml/align';
+import { alignedAverage as mlpAlignedAverage, averageParams as mlpAverageParams, naiveAverage as mlpNaiveAverage } from '../ml/align';
+import { alignMlpByActivations, alignedAverageByActivations } from '../ml/align-activations';
+import { alignCnnByActivations } from '../ml/cnn/align-activations';
 import { packTfjsArtifact, packTfjsModel, readTfjsModelDir, tfjsArtifactToParams, unpackTfjsArtifact } from '../ml/tfjs-format';
 import { readSafetensorsTeacher } from '../ml/formats/torch-mlp';
 import { MLP_EARLY_STOPPING, type EarlyStoppingTrainer } from '../ml/early-stopping';
@@ -41,7 +43,7 @@ import type { CnnParams } from '../ml/cnn/architecture';
 import { checkCnnParamsMatch, cloneCnnParams, cnnSignature, initCnn } from '../ml/cnn/architecture';
 import { cnnAccuracy, predictCnnLogits, recomputeBnStatistics } from '../ml/cnn/forward';
 import { deserializeCnnParams, serializeCnnParams } from '../ml/cnn/io';
-import { alignedAverageCnn, naiveAverageCnn } from '../ml/cnn/align';
+import { alignedAverageCnn, averageCnnParams, naiveAverageCnn } from '../ml/cnn/align';
 import { deserializeCnnTrainState, serializeCnnTrainState, trainCnn } from '../ml/cnn/train';
 import { fromTfjsCnnModel, readTfjsCnnModelDir, toTfjsCnnModel } from '../ml/formats/tfjs-cnn';
 import { readSafetensorsCnn } from '../ml/formats/torch-cnn';
@@ -98,6 +100,11 @@ export interface FamilyRuntime<A extends ModelArchitecture, P> extends EarlyStop
   naiveAverage(list: P[]): P;
   /** Every model aligned to the first (function-preserving permutations), then averaged. */
   alignedAverage(list: P[]): P;
+  /**
+   * The same with activation matching on `images` (a pipeline's `alignment: {method: activations}`);
+   * absent for the families it is not implemented for (the spec refuses the option for them).
+   */
+  alignedAverageByActivations?(list: P[], images: Dataset): Promise<P>;
   /** Whether models of `arch` carry BN running statistics (then `recomputeBn` re-estimates them). */
   hasBatchNorm(arch: A): boolean;
   /** Running statistics re-estimated from `data` (train-mode passes, no gradient steps); others unchanged. */
@@ -191,6 +198,7 @@ export const MLP_RUNTIME: FamilyRuntime<ArchitectureSpec, MlpParams> = {
   ensembleAccuracy: async (list, ds) => accuracyOfScores(await mlpEnsembleProbs(list, ds), ds.y),
   naiveAverage: mlpNaiveAverage,
   alignedAverage: (list) => mlpAlignedAverage(list),
+  alignedAverageByActivations: (list, images) => alignedAverageByActivations(list, images, alignMlpByActivations, mlpAverageParams),
   hasBatchNorm: () => false,
   recomputeBn: async (p) => p,
   // The bytes MLP artifacts always had (existing caches and tests rely on them).
@@ -217,6 +225,7 @@ export const CNN_RUNTIME: FamilyRuntime<CnnArchitecture, CnnParams> = {
   ...ensembleOfLogits(predictCnnLogits),
   naiveAverage: naiveAverageCnn,
   alignedAverage: (list) => alignedAverageCnn(list, 0),
+  alignedAverageByActivations: (list, images) => alignedAverageByActivations(list, images, alignCnnByActivations, averageCnnParams),
   hasBatchNorm: (arch) => arch.batchNorm,
   recomputeBn: recomputeBnStatistics,
   pack: (p) => {

@@ -23,10 +23,13 @@ import {
   serializeMetaTrainState,
   deserializeMetaTrainState,
   weightformerConfig,
-  zooReference,
+  zooReferenceWith,
+  alignmentContext,
   type ParamsOf,
   type StudentParams,
 } from '../ml/weightformer';
+import { alignmentImages } from '../ml/align-activations';
+import { alignmentRecordOf, checkModelAlignment } from './alignment';
 import { withFamily, withStudentFamily, type FamilyRuntime, type TeacherFileFormat } from './families';
 
 /** What a job may do besides computing: report progress, checkpoint, read what the last attempt saved. */
@@ -147,6 +150,17 @@ function augmentOf(augment: AugmentSpec | undefined, arch: ModelArchitecture): {
   return { augment: { options: { flip: augment.flip, cropPadding: augment.cropPadding }, inputShape: [h, w, c] } };
 }
 
+/**
+ * The aligned average of `params` (each aligned to the first) as the pipeline's `alignment` block says:
+ * weight matching (`rt.alignedAverage`, no data), or activation matching on the first `alignment.samples`
+ * consolidation examples. The avg_aligned baseline and `generate.method: aligned-average` both come here.
+ */
+async function alignedAverageFor<A extends ModelArchitecture, P>(rt: FamilyRuntime<A, P>, params: P[], spec: PipelineSpec): Promise<P> {
+  if (spec.alignment?.method !== 'activations') return rt.alignedAverage(params);
+  if (!rt.alignedAverageByActivations) throw new InputError(`alignment.method 'activations' is not implemented for the ${rt.family} family`);
+  return rt.alignedAverageByActivations(params, alignmentImages((await splitFor(spec)).consolidation, spec.alignment.samples));
+}
+
 const trainTeacher: Job<{ spec: PipelineSpec; role: TeacherRole; index: number }, TeacherJobResult> = async ({ spec, role, index }, ctx) => {
   const { backend } = await initBackend(spec.compute.backend);
   const train = role === 'teacher' ? spec.teachers.train : spec.zoo.train;
@@ -190,7 +204,7 @@ const generateStudent: Job<{ spec: PipelineSpec; teachers: string[]; weightforme
     return withFamily(spec.architecture, async (rt, arch) => {
       const params = await Promise.all(teachers.map((t) => loadParams(rt, arch, ctx.store, t)));
       const started = performance.now();
-      const student = rt.alignedAverage(params);
+      const student = await alignedAverageFor(rt, params, spec);
       return { student: await saveParams(rt, ctx.store, student), seconds: (performance.now() - started) / 1000, backend };
     });
   }
@@ -198,10 +212,14 @@ const generateStudent: Job<{ spec: PipelineSpec; teachers: string[]; weightforme
   return withStudentFamily(spec.architecture, async (rt, arch) => {
     const params = await Promise.all(teachers.map((t) => loadParams(rt, arch, ctx.store, t)));
     const model = deserializeWeightformer(await ctx.store.getBytes(weightformer as `sha256:${string}`));
-    const probe = model.config.probeTokens ? (await splitFor(spec)).consolidation : undefined;
-    // Timed: the forward pass that consolidates (alignment to the stored reference included).
+    // A model from the registry may have been trained with another alignment than this pipeline's.
+    checkModelAlignment(model.alignment, spec, `the WeightFormer ${weightformer.slice(0, 19)}…`);
+    const consolidation = (await splitFor(spec)).consolidation;
+    const probe = model.config.probeTokens ? consolidation : undefined;
+    // Timed: the forward pass that consolidates (alignment to the stored reference included; activation
+    // matching reads the first alignment.samples consolidation examples).
     const started = performance.now();
-    const generated = await generateWithWeightformer(model, params as StudentParams[], probe);
+    const generated = await generateWithWeightformer(model, params as StudentParams[], probe, consolidation);
     const seconds = (performance.now() - started) / 1000;
     // generateStudent checked every teacher against the model's architecture, so the student is of this family.
     return { student: await saveParams(rt, ctx.store, generated as ParamsOf<typeof arch>), seconds, backend };
@@ -260,7 +278,7 @@ const weightAverages: Job<{ spec: PipelineSpec; teachers: string[] }, BaselinesJ
     const params = await Promise.all(teachers.map((t) => loadParams(rt, arch, ctx.store, t)));
     return {
       avgNaive: await saveParams(rt, ctx.store, rt.naiveAverage(params)),
-      avgAligned: await saveParams(rt, ctx.store, rt.alignedAverage(params)),
+      avgAligned: await saveParams(rt, ctx.store, await alignedAverageFor(rt, params, spec)),
     };
   });
 };
@@ -423,6 +441,10 @@ const metaTrainJob: Job<{ spec: PipelineSpec; zoo: string[]; validation: string[
     const zooParams = await Promise.all(zoo.map((z) => loadParams(rt, arch, ctx.store, z)));
     const validationParams = await Promise.all(validation.map((v) => loadParams(rt, arch, ctx.store, v)));
     const started = performance.now();
+    // Alignment: the zoo's reference and every teacher meta-training reads are matched as the pipeline's
+    // `alignment` block says (weight matching when absent), and the model records it for generation.
+    const alignment = alignmentRecordOf(spec);
+    const reference = await zooReferenceWith(zooParams as StudentParams[], alignmentContext(alignment, split.consolidation));
     const result = await metaTrain(
       {
         arch,
@@ -430,7 +452,8 @@ const metaTrainJob: Job<{ spec: PipelineSpec; zoo: string[]; validation: string[
         zoo: zooParams,
         // The zoo's barycenter is the alignment reference, stored with the model (see zooReference for why);
         // it is of the zoo's family, this one.
-        reference: zooReference(zooParams as StudentParams[]) as ParamsOf<typeof arch>,
+        reference: reference as ParamsOf<typeof arch>,
+        ...(alignment ? { alignment } : {}),
         consolidation: split.consolidation,
         validation: { ensembles: validationEnsembles(spec, validationParams), data: split.validation },
         steps: t.steps,
