@@ -1,6 +1,6 @@
 /**
- * `npm run bench:quality`: runs pipelines/bench-quality.yaml and bench-quality-cnn.yaml (seeds × held-out ensembles) through the
- * embedded stack and writes bench/results/quality-[<family>-]<date>-<host>-<hhmm>.json (no family for the MLP) with every run's metrics and
+ * `npm run bench:quality`: runs pipelines/bench-quality.yaml, bench-quality-cnn.yaml and bench-quality-cnn-activations.yaml (seeds × held-out ensembles) through the
+ * embedded stack and writes bench/results/quality-[<family>-][activations-]<date>-<host>-<hhmm>.json (no family for the MLP) with every run's metrics and
  * paired-bootstrap confidence intervals.
  */
 import { spawn } from 'node:child_process';
@@ -112,8 +112,8 @@ async function benchOne(file: string, runArgs: string[]): Promise<string> {
   const { spec } = loadPipelineFile(file);
   const now = new Date();
   const stamp = `${now.toISOString().slice(0, 10)}-${os.hostname()}-${now.toISOString().slice(11, 16).replace(':', '')}`;
-  // The MLP family keeps the plain name; other families name themselves.
-  const family = spec.architecture.family === 'mlp' ? '' : `${spec.architecture.family}-`;
+  // The MLP family keeps the plain name; other families name themselves, and so does activation alignment.
+  const family = `${spec.architecture.family === 'mlp' ? '' : `${spec.architecture.family}-`}${spec.alignment?.method === 'activations' ? 'activations-' : ''}`;
   const out = path.join(root, 'bench/results', `quality-${family}${stamp}.json`);
   await fs.mkdir(path.dirname(out), { recursive: true });
   await writeFileAtomic(out, `${JSON.stringify(result, null, 2)}\n`);
