@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { alignmentImages } from '../src/ml/align-activations';
 import { permuteHiddenUnits } from '../src/ml/align';
 import type { CnnArchitecture, CnnParams } from '../src/ml/cnn';
-import { averageCnnParams, cnnLogits, cnnParamArrays, cnnParamsToTensors, disposeCnnTensors, initCnn, permuteCnnUnits, trainCnn } from '../src/ml/cnn';
+import { averageCnnParams, initCnn, permuteCnnUnits, trainCnn } from '../src/ml/cnn';
 import type { Dataset } from '../src/ml/data';
 import { initMlp, type MlpParams } from '../src/ml/mlp';
 import { Rng } from '../src/ml/rng';
@@ -31,47 +31,10 @@ import { InputError, SpecError } from '../src/util/errors';
 import { checkWeightformerReuse, weightformerRegistryKey } from '../activities/registry';
 import { weightformerKeyInputs } from '../activities/weightformer';
 import type { MlflowClient } from '../src/tracking/mlflow';
-import { logitsOfParams, maxAbsDiff, onBackend, randomImageData } from './helpers/ml';
+import { maxAbsDiff, onBackend, randomImageData } from './helpers/ml';
+import { cnnLogitsOf as logitsOf, flatCnn as flat, randomCnn, randomPerms } from './helpers/cnn';
 
 const ROOT = path.resolve(__dirname, '../..');
-
-/** A CNN whose every entry is non-trivial (initCnn's biases, β and running statistics are constants). */
-function randomCnn(arch: CnnArchitecture, seed: number): CnnParams {
-  const p = initCnn(arch, seed);
-  const r = new Rng(seed + 1000);
-  for (const c of p.convs) {
-    for (let i = 0; i < c.bias.length; i++) c.bias[i] = r.normal(0, 0.3);
-    if (c.bn) {
-      for (let i = 0; i < c.outChannels; i++) {
-        c.bn.gamma[i] = 0.5 + r.nextFloat();
-        c.bn.beta[i] = r.normal(0, 0.3);
-        c.bn.runningMean[i] = r.normal(0, 0.3);
-        c.bn.runningVar[i] = 0.5 + r.nextFloat();
-      }
-    }
-  }
-  for (const l of p.dense) for (let i = 0; i < l.b.length; i++) l.b[i] = r.normal(0, 0.3);
-  return p;
-}
-
-function randomPerms(p: CnnParams, seed: number): Int32Array[] {
-  const r = new Rng(seed);
-  return [...p.convs.map((c) => r.permutation(c.outChannels)), ...p.dense.slice(0, -1).map((l) => r.permutation(l.outSize))];
-}
-
-function flat(p: CnnParams): Float32Array {
-  const parts = cnnParamArrays(p);
-  const out = new Float32Array(parts.reduce((n, a) => n + a.length, 0));
-  let at = 0;
-  for (const a of parts) {
-    out.set(a, at);
-    at += a.length;
-  }
-  return out;
-}
-
-const logitsOf = (p: CnnParams, ds: Dataset): Promise<Float32Array> =>
-  logitsOfParams(p, ds, cnnParamsToTensors, (t, x) => cnnLogits(t, x, 'eval'), disposeCnnTensors);
 
 function specError(text: string): string {
   try {

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import type { Dataset } from '../src/ml/data';
-import { Rng } from '../src/ml/rng';
 import { tf } from '../src/ml/tf';
 import { InputError } from '../src/util/errors';
-import { logitsOfParams, maxAbsDiff, onBackend, randomImageData } from './helpers/ml';
+import { maxAbsDiff, onBackend, randomImageData } from './helpers/ml';
+import { cnnLogitsOf as logitsOf, randomCnn, randomPerms } from './helpers/cnn';
 import type { CnnArchitecture, CnnParams } from '../src/ml/cnn';
-import { cnnLogits, cnnParamsToTensors, cnnSignature, disposeCnnTensors, initCnn, permuteCnnUnits } from '../src/ml/cnn';
+import { cnnLogits, cnnParamsToTensors, cnnSignature, disposeCnnTensors, permuteCnnUnits } from '../src/ml/cnn';
 import { cnnLayerActivations, matchCnnActivations } from '../src/ml/cnn/align-activations';
 
 /** Two positions per axis after the last pool, so the HWC flatten has several positions per channel. */
@@ -18,30 +18,6 @@ const ARCHS: Array<{ arch: CnnArchitecture; seed: number }> = [
 ];
 /** Three blocks down to 1×1 and two hidden layers: several units are dead (never positive) on random images. */
 const DEEP: CnnArchitecture = { ...SMALL, channels: [4, 5, 3], hidden: [6, 5], pool: 'avg' };
-
-/** A CNN whose every entry is non-trivial (initCnn's biases, β and running statistics are constants, which would hide permutation bugs). */
-function randomCnn(arch: CnnArchitecture, seed: number): CnnParams {
-  const p = initCnn(arch, seed);
-  const r = new Rng(seed + 1000);
-  for (const c of p.convs) {
-    for (let i = 0; i < c.bias.length; i++) c.bias[i] = r.normal(0, 0.3);
-    if (c.bn) {
-      for (let i = 0; i < c.outChannels; i++) {
-        c.bn.gamma[i] = 0.5 + r.nextFloat();
-        c.bn.beta[i] = r.normal(0, 0.3);
-        c.bn.runningMean[i] = r.normal(0, 0.3);
-        c.bn.runningVar[i] = 0.5 + r.nextFloat();
-      }
-    }
-  }
-  for (const l of p.dense) for (let i = 0; i < l.b.length; i++) l.b[i] = r.normal(0, 0.3);
-  return p;
-}
-
-function randomPerms(p: CnnParams, seed: number): Int32Array[] {
-  const r = new Rng(seed);
-  return [...p.convs.map((c) => r.permutation(c.outChannels)), ...p.dense.slice(0, -1).map((l) => r.permutation(l.outSize))];
-}
 
 function inverse(perm: Int32Array): Int32Array {
   const inv = new Int32Array(perm.length);
@@ -59,10 +35,6 @@ async function liveUnits(p: CnnParams, ds: Dataset): Promise<boolean[][]> {
   tf.dispose([x, logits, ...layers]);
   disposeCnnTensors(t);
   return out;
-}
-
-function logitsOf(p: CnnParams, ds: Dataset): Promise<Float32Array> {
-  return logitsOfParams(p, ds, cnnParamsToTensors, (t, x) => cnnLogits(t, x, 'eval'), disposeCnnTensors);
 }
 
 describe('ml cnn: activation matching', () => {

@@ -6,11 +6,11 @@ import { Rng } from '../src/ml/rng';
 import { tf } from '../src/ml/tf';
 import { InputError } from '../src/util/errors';
 import type { ResumableTrainer } from './helpers/ml';
+import { cnnLogitsOf as logitsOf, randomCnn, randomPerms } from './helpers/cnn';
 import {
   assertExactResume,
   assertGradientsMatchCpu,
   assertRowGradients,
-  logitsOfParams,
   maxAbsDiff,
   mnistTrainTest,
   onBackend,
@@ -59,34 +59,6 @@ const TINY: CnnArchitecture = { family: 'cnn', inputShape: [6, 6, 1], channels: 
 /** Two positions per axis after the last pool, so the HWC flatten has several positions per channel. */
 const SMALL: CnnArchitecture = { family: 'cnn', inputShape: [8, 8, 2], channels: [4, 5], kernelSize: 3, batchNorm: true, pool: 'max', hidden: [6], outputSize: 4 };
 const MNIST_CNN: CnnArchitecture = { family: 'cnn', inputShape: [28, 28, 1], channels: [8, 16], kernelSize: 3, batchNorm: true, pool: 'max', hidden: [], outputSize: 10 };
-
-/** A CNN whose every entry is non-trivial (initCnn's biases, β and running statistics are constants, which would hide permutation bugs). */
-function randomCnn(arch: CnnArchitecture, seed: number): CnnParams {
-  const p = initCnn(arch, seed);
-  const r = new Rng(seed + 1000);
-  for (const c of p.convs) {
-    for (let i = 0; i < c.bias.length; i++) c.bias[i] = r.normal(0, 0.3);
-    if (c.bn) {
-      for (let i = 0; i < c.outChannels; i++) {
-        c.bn.gamma[i] = 0.5 + r.nextFloat();
-        c.bn.beta[i] = r.normal(0, 0.3);
-        c.bn.runningMean[i] = r.normal(0, 0.3);
-        c.bn.runningVar[i] = 0.5 + r.nextFloat();
-      }
-    }
-  }
-  for (const l of p.dense) for (let i = 0; i < l.b.length; i++) l.b[i] = r.normal(0, 0.3);
-  return p;
-}
-
-function logitsOf(p: CnnParams, ds: Dataset, mode: 'train' | 'eval'): Promise<Float32Array> {
-  return logitsOfParams(p, ds, cnnParamsToTensors, (t, x) => cnnLogits(t, x, mode), disposeCnnTensors);
-}
-
-function randomPerms(p: CnnParams, seed: number): Int32Array[] {
-  const r = new Rng(seed);
-  return [...p.convs.map((c) => r.permutation(c.outChannels)), ...p.dense.slice(0, -1).map((l) => r.permutation(l.outSize))];
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // An independent float64 reference of the whole network and its loss, written without tfjs.

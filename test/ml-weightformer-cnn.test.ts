@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import type { ArchitectureSpec } from '../src/spec/types';
 import { initBackend } from '../src/ml/backend';
 import type { CnnArchitecture, CnnParams } from '../src/ml/cnn';
-import { alignCnnToReference, averageCnnParams, cnnAccuracy, cnnParamArrays, cnnSignature, initCnn, trainCnn, validateCnnParams } from '../src/ml/cnn';
+import { alignCnnToReference, averageCnnParams, cnnAccuracy, cnnSignature, initCnn, trainCnn, validateCnnParams } from '../src/ml/cnn';
 import type { Dataset } from '../src/ml/data';
 import { loadEmbeddedMnist, splitDataset } from '../src/ml/data';
 import { accuracyOfScores, initMlp } from '../src/ml/mlp';
@@ -27,6 +27,7 @@ import { CNN_FAMILY, recomputeStudentBn } from '../src/ml/weightformer/family';
 import { asParams, disposeModelConstants, disposeSet, modelConstants, studentRows, uploadSet } from '../src/ml/weightformer/model';
 import { assembleSet, teacherFeatures } from '../src/ml/weightformer/tokens';
 import { InputError } from '../src/util/errors';
+import { flatCnn as flat, randomCnn } from './helpers/cnn';
 
 /** Two positions per axis after the last pool, a hidden dense layer, BN on every block. */
 const TINY: CnnArchitecture = { family: 'cnn', inputShape: [8, 8, 1], channels: [3, 4], kernelSize: 3, batchNorm: true, pool: 'max', hidden: [5], outputSize: 3 };
@@ -45,25 +46,6 @@ function randomData(n: number, arch: CnnArchitecture, seed: number): Dataset {
   return { x: Float32Array.from({ length: n * d }, () => r.nextFloat()), y: Int32Array.from({ length: n }, () => r.nextInt(arch.outputSize)), n };
 }
 
-/** A CNN whose every entry is non-trivial (initCnn's biases, β and running statistics are constants). */
-function randomCnn(arch: CnnArchitecture, seed: number): CnnParams {
-  const p = initCnn(arch, seed);
-  const r = new Rng(seed + 1000);
-  for (const c of p.convs) {
-    for (let i = 0; i < c.bias.length; i++) c.bias[i] = r.normal(0, 0.3);
-    if (c.bn) {
-      for (let i = 0; i < c.outChannels; i++) {
-        c.bn.gamma[i] = 0.5 + r.nextFloat();
-        c.bn.beta[i] = r.normal(0, 0.3);
-        c.bn.runningMean[i] = r.normal(0, 0.3);
-        c.bn.runningVar[i] = 0.5 + r.nextFloat();
-      }
-    }
-  }
-  for (const l of p.dense) for (let i = 0; i < l.b.length; i++) l.b[i] = r.normal(0, 0.3);
-  return p;
-}
-
 const teachersOf = (arch: CnnArchitecture, count: number, seed: number): CnnParams[] => Array.from({ length: count }, (_, i) => randomCnn(arch, seed + i));
 
 /** Every parameter (the zero-initialised output adapters, gate and mixing head included) set to random values. */
@@ -72,17 +54,6 @@ function perturbed<M extends WeightformerModel<CnnArchitecture>>(m: M, seed: num
   const params: Record<string, Float32Array> = {};
   for (const [k, v] of Object.entries(m.params)) params[k] = Float32Array.from(v, (x) => x + rng.normal(0, std));
   return { ...m, params };
-}
-
-function flat(p: CnnParams): Float32Array {
-  const parts = cnnParamArrays(p);
-  const out = new Float32Array(parts.reduce((n, a) => n + a.length, 0));
-  let at = 0;
-  for (const a of parts) {
-    out.set(a, at);
-    at += a.length;
-  }
-  return out;
 }
 
 function maxAbsDiff(a: CnnParams, b: CnnParams): number {

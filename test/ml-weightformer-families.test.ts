@@ -12,6 +12,7 @@ import { deserializeWeightformer, generateStudent, initWeightformer, metaTrain, 
 import { familyOf, recomputeStudentBn } from '../src/ml/weightformer/family';
 import { layoutOf } from '../src/ml/weightformer/tokens';
 import { InputError } from '../src/util/errors';
+import { concatArrays } from './helpers/ml';
 
 /** Two stages (so one pool), two blocks per stage: two stream-sharing conv2s per stage. */
 const RESNET: ResnetArchitecture = { family: 'resnet', inputShape: [6, 6, 2], width: 3, stages: 2, blocksPerStage: 2, kernelSize: 3, outputSize: 3 };
@@ -88,15 +89,7 @@ const CASES: [Case<ResnetArchitecture, ResnetParams>, Case<VitArchitecture, VitP
   },
 ];
 
-function flat(arrays: Float32Array[]): Float32Array {
-  const out = new Float32Array(arrays.reduce((n, a) => n + a.length, 0));
-  let at = 0;
-  for (const a of arrays) {
-    out.set(a, at);
-    at += a.length;
-  }
-  return out;
-}
+const flat = concatArrays;
 
 /** Every parameter (the zero-initialised output adapters, gate and mixing head included) set to random values. */
 function perturbed<M extends WeightformerModel<ResnetArchitecture | VitArchitecture>>(m: M, seed: number, std = 0.3): M {

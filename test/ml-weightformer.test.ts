@@ -20,6 +20,7 @@ import {
 import { asParams, disposeModelConstants, disposeSet, modelConstants, rowsToMlpTensors, studentRows, uploadSet } from '../src/ml/weightformer/model';
 import { assembleSet, teacherFeatures } from '../src/ml/weightformer/tokens';
 import { InputError } from '../src/util/errors';
+import { concatArrays } from './helpers/ml';
 
 const ONE: ArchitectureSpec = { family: 'mlp', inputSize: 12, hidden: [6], outputSize: 3, activation: 'relu' };
 const TWO: ArchitectureSpec = { family: 'mlp', inputSize: 12, hidden: [6, 5], outputSize: 3, activation: 'tanh' };
@@ -45,14 +46,7 @@ function perturbed(m: WeightformerModel, seed: number, std = 0.3): WeightformerM
 }
 
 function flat(p: MlpParams): Float32Array {
-  const parts = p.layers.flatMap((l) => [l.w, l.b]);
-  const out = new Float32Array(parts.reduce((n, a) => n + a.length, 0));
-  let at = 0;
-  for (const a of parts) {
-    out.set(a, at);
-    at += a.length;
-  }
-  return out;
+  return concatArrays(p.layers.flatMap((l) => [l.w, l.b]));
 }
 
 function maxAbsDiff(a: MlpParams, b: MlpParams): number {

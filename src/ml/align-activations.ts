@@ -88,6 +88,17 @@ export function assignByActivations(reference: LayerActivations[], teacher: Laye
   });
 }
 
+/** `layers` (rows × units tensors) copied to the host, then disposed (also when a copy fails). */
+export async function layerActivationsOnHost(layers: tf.Tensor2D[]): Promise<LayerActivations[]> {
+  try {
+    const out: LayerActivations[] = [];
+    for (const layer of layers) out.push({ values: new Float32Array(await layer.data()), units: layer.shape[1] ?? 0 });
+    return out;
+  } finally {
+    tf.dispose(layers);
+  }
+}
+
 /** Each hidden layer's post-activation outputs on `images` (the same operations as `mlpLogits`). */
 async function mlpHiddenActivations(p: MlpParams, images: Dataset): Promise<LayerActivations[]> {
   const t = paramsToTensors(p);
@@ -102,13 +113,7 @@ async function mlpHiddenActivations(p: MlpParams, images: Dataset): Promise<Laye
       });
       return out;
     });
-    try {
-      const out: LayerActivations[] = [];
-      for (const h of hidden) out.push({ values: new Float32Array(await h.data()), units: h.shape[1] ?? 0 });
-      return out;
-    } finally {
-      tf.dispose(hidden);
-    }
+    return await layerActivationsOnHost(hidden);
   } finally {
     disposeMlpTensors(t);
   }

@@ -24,7 +24,7 @@
 import type { Dataset } from '../data';
 import { checkImageFeatures } from '../evaluate';
 import { checkSameSignature } from '../align';
-import { assignByActivations, type LayerActivations } from '../align-activations';
+import { assignByActivations, layerActivationsOnHost, type LayerActivations } from '../align-activations';
 import { tf } from '../tf';
 import type { CnnParams } from './architecture';
 import { cnnSignature } from './architecture';
@@ -87,13 +87,7 @@ async function activationsOf(p: CnnParams, images: Dataset, convSite: ConvActiva
     const x = tf.tensor2d(images.x, [images.n, images.x.length / images.n], 'float32');
     const { layers, logits } = cnnLayerActivations(t, x, convSite);
     tf.dispose([x, logits]);
-    try {
-      const out: LayerActivations[] = [];
-      for (const layer of layers) out.push({ values: new Float32Array(await layer.data()), units: layer.shape[1] ?? 0 });
-      return out;
-    } finally {
-      tf.dispose(layers);
-    }
+    return await layerActivationsOnHost(layers);
   } finally {
     disposeCnnTensors(t);
   }
