@@ -30,6 +30,7 @@ import { ArtifactStore } from '../src/store/store';
 import { InputError, SpecError } from '../src/util/errors';
 import { checkWeightformerReuse, weightformerRegistryKey } from '../activities/registry';
 import { weightformerKeyInputs } from '../activities/weightformer';
+import { cacheKey } from '../activities/common';
 import type { MlflowClient } from '../src/tracking/mlflow';
 import { maxAbsDiff, onBackend, randomImageData } from './helpers/ml';
 import { cnnLogitsOf as logitsOf, flatCnn as flat, randomCnn, randomPerms } from './helpers/cnn';
@@ -257,7 +258,13 @@ describe('alignment block', () => {
       const activations = load('alignment: {method: activations}\n');
       assert.notEqual(keyOf(activations), keyOf(plain));
       assert.notEqual(keyOf(load('alignment: {method: activations, samples: 100}\n')), keyOf(activations));
-      assert.deepEqual(weightformerKeyInputs(activations, ['z'], ['v'], true).alignment, { method: 'activations', samples: 512, data: activations.data });
+      assert.deepEqual(weightformerKeyInputs(activations, ['z'], ['v'], true).alignment, { method: 'activations', samples: 512, data: { ...activations.data, shardSize: undefined } });
+      // The consolidation set does not depend on data.shardSize, which the WeightFormer's key leaves out: nor does the block.
+      const metaKey = (spec: PipelineSpec): string => cacheKey('metaTrain', weightformerKeyInputs(spec, ['z'], ['v'], true));
+      const shards = 'data: {shardSize: 700}\n';
+      assert.equal(metaKey(load(`alignment: {method: activations}\n${shards}`)), metaKey(activations));
+      assert.equal(metaKey(load(shards)), metaKey(plain));
+      assert.notEqual(metaKey(load('alignment: {method: activations}\ndata: {consolidationSize: 900}\n')), metaKey(activations), 'the matching images come from the consolidation set');
     });
 
     it('a WeightFormer trained with another alignment is refused from the registry (tag) and by its own record', async () => {

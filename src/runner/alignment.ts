@@ -20,12 +20,14 @@ export function alignmentRecordOf(spec: Pick<PipelineSpec, 'alignment'>): Alignm
 /**
  * What a cache key of an alignment-dependent result adds: nothing without the block (keys unchanged),
  * the block otherwise; with activation matching also the data split, whose consolidation set the
- * matching images come from (keys that already hold `data` hold it twice, harmlessly).
+ * matching images come from (keys that already hold `data` hold it twice, harmlessly). Without
+ * `shardSize`: the consolidation set does not depend on it (`splitDataset` takes it before the shards),
+ * and the WeightFormer's key leaves it out on purpose (it never reads the shards).
  */
-export function alignmentKey(spec: Pick<PipelineSpec, 'alignment' | 'data'>): { alignment?: { method: string; samples: number; data?: PipelineSpec['data'] } } {
+export function alignmentKey(spec: Pick<PipelineSpec, 'alignment' | 'data'>): { alignment?: { method: string; samples: number; data?: Partial<PipelineSpec['data']> } } {
   const a = spec.alignment;
   if (!a) return {};
-  return { alignment: { method: a.method, samples: a.samples, ...(a.method === 'activations' ? { data: spec.data } : {}) } };
+  return { alignment: { method: a.method, samples: a.samples, ...(a.method === 'activations' ? { data: { ...spec.data, shardSize: undefined } } : {}) } };
 }
 
 /** `weights` or `activations:<samples>`: a registry tag and the words of messages. */
