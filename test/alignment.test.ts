@@ -237,6 +237,9 @@ describe('alignment block', () => {
       await assert.rejects(generate({ spec: wfSpec(activations), teachers: refs, weightformer: weightModel }, ctx),
         (e: unknown) => e instanceof InputError && /aligned by weights but this pipeline aligns by activations:150/.test(e.message));
       assert.equal((await generate({ spec: wfSpec(weights), teachers: refs, weightformer: weightModel }, ctx)).student, byWeights.avgAligned, 'untrained: the aligned mean');
+      // A weight-matching model without probe tokens reads no data: generating never loads the dataset.
+      const unreadable: PipelineSpec = { ...wfSpec(weights), data: { ...weights.data, source: 'mnist-idx', path: path.join(dir, 'no-such-folder') } };
+      assert.equal((await generate({ spec: unreadable, teachers: refs, weightformer: weightModel }, ctx)).student, byWeights.avgAligned);
       const activationModel = await store.putBytes(serializeWeightformer(initWeightformer(arch, weightformerConfig({ d: 8, heads: 2, blocks: 1 }), a, zoo, 1, undefined,
         { alignment: { method: 'activations', samples: 150 }, zoo: [a, ...((await alignTeachers(CNN_FAMILY, a, [b], { method: 'activations', images })) as CnnParams[])] })));
       await assert.rejects(generate({ spec: wfSpec(weights), teachers: refs, weightformer: activationModel }, ctx), InputError);

@@ -214,7 +214,9 @@ const generateStudent: Job<{ spec: PipelineSpec; teachers: string[]; weightforme
     const model = deserializeWeightformer(await ctx.store.getBytes(weightformer as `sha256:${string}`));
     // A model from the registry may have been trained with another alignment than this pipeline's.
     checkModelAlignment(model.alignment, spec, `the WeightFormer ${weightformer.slice(0, 19)}…`);
-    const consolidation = (await splitFor(spec)).consolidation;
+    // The data only when the model reads it (probe tokens, activation matching): a weight-matching model
+    // without probe tokens generates without loading the dataset, as it always did.
+    const consolidation = model.config.probeTokens || model.alignment ? (await splitFor(spec)).consolidation : undefined;
     const probe = model.config.probeTokens ? consolidation : undefined;
     // Timed: the forward pass that consolidates (alignment to the stored reference included; activation
     // matching reads the first alignment.samples consolidation examples).
