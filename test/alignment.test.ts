@@ -252,7 +252,7 @@ describe('alignment block', () => {
     const head = 'version: 1\nname: a\narchitecture: {family: cnn}\nzoo: {count: 8}\n';
     const load = (extra = '', weightformer = 'weightformer: {mode: train}\n'): PipelineSpec => loadPipelineText(head + weightformer + extra, 'a.yaml').spec;
 
-    it('keys hold the block only when it is written', () => {
+    it('keys hold the block only for activation matching', () => {
       const plain = load();
       assert.equal('alignment' in weightformerKeyInputs(plain, ['z'], ['v'], true), false);
       const keyOf = (spec: PipelineSpec): string => weightformerRegistryKey(spec, true);
@@ -260,6 +260,8 @@ describe('alignment block', () => {
       assert.equal(weightformerRegistryKey(loadPipelineFile(path.join(ROOT, 'pipelines/cnn.yaml')).spec, true), '95b0c39ed4c50b9b466d6b79a6bae84b485ed655c5c8f4a398b4b2331b9d857c');
       const activations = load('alignment: {method: activations}\n');
       assert.notEqual(keyOf(activations), keyOf(plain));
+      // Weight matching written out computes what no block does: the same keys, so its results are shared.
+      assert.equal(keyOf(load('alignment: {method: weights, samples: 64}\n')), keyOf(plain));
       assert.notEqual(keyOf(load('alignment: {method: activations, samples: 100}\n')), keyOf(activations));
       assert.deepEqual(weightformerKeyInputs(activations, ['z'], ['v'], true).alignment, { method: 'activations', samples: 512, data: { ...activations.data, shardSize: undefined } });
       // The consolidation set does not depend on data.shardSize, which the WeightFormer's key leaves out: nor does the block.

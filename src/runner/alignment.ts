@@ -1,10 +1,10 @@
 /**
  * A pipeline's `alignment` block as the jobs, cache keys and the registry use it.
  *
- * Absent block: weight matching, and nothing about alignment enters a cache key, a fingerprint, a model
- * file or a registry key, so every result computed before the option existed is still found. Present
- * (either method): the block enters the cache key of every result that depends on alignment (aligned
- * averages and generation, meta-training, the registry key); `activations` is also recorded in the
+ * Absent block, or `method: weights`: weight matching, and nothing about alignment enters a cache key, a
+ * fingerprint, a model file or a registry key, so every result computed before the option existed is still
+ * found. `activations`: the block enters the cache key of every result that depends on alignment (aligned
+ * averages and generation, meta-training, the registry key), and is also recorded in the
  * WeightFormer it trains (`WeightformerModel.alignment`), which then aligns its inputs the same way.
  */
 import type { AlignmentRecord } from '../ml/weightformer/family';
@@ -18,16 +18,18 @@ export function alignmentRecordOf(spec: Pick<PipelineSpec, 'alignment'>): Alignm
 }
 
 /**
- * What a cache key of an alignment-dependent result adds: nothing without the block (keys unchanged),
- * the block otherwise; with activation matching also the data split, whose consolidation set the
- * matching images come from (keys that already hold `data` hold it twice, harmlessly). Without
+ * What a cache key of an alignment-dependent result adds: nothing for weight matching (no block, or
+ * `method: weights`: the keys it always had); for activation matching the block and the data split, whose
+ * consolidation set the matching images come from (keys that already hold `data` hold it twice, harmlessly). Without
  * `shardSize`: the consolidation set does not depend on it (`splitDataset` takes it before the shards),
  * and the WeightFormer's key leaves it out on purpose (it never reads the shards).
  */
 export function alignmentKey(spec: Pick<PipelineSpec, 'alignment' | 'data'>): { alignment?: { method: string; samples: number; data?: Partial<PipelineSpec['data']> } } {
   const a = spec.alignment;
-  if (!a) return {};
-  return { alignment: { method: a.method, samples: a.samples, ...(a.method === 'activations' ? { data: { ...spec.data, shardSize: undefined } } : {}) } };
+  // `method: weights` written out computes exactly what no block does: the same keys, so the results (and
+  // a registered WeightFormer, for reuse: auto) are shared.
+  if (!a || a.method === 'weights') return {};
+  return { alignment: { method: a.method, samples: a.samples, data: { ...spec.data, shardSize: undefined } } };
 }
 
 /** `weights` or `activations:<samples>`: a registry tag and the words of messages. */
