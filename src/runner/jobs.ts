@@ -446,7 +446,11 @@ const metaTrainJob: Job<{ spec: PipelineSpec; zoo: string[]; validation: string[
     // Alignment: the zoo's reference and every teacher meta-training reads are matched as the pipeline's
     // `alignment` block says (weight matching when absent), and the model records it for generation.
     const alignment = alignmentRecordOf(spec);
-    const reference = await zooReferenceWith(zooParams as StudentParams[], alignmentContext(alignment, split.consolidation));
+    // A resumed run keeps the reference its checkpoint was trained against: recomputing it (activation
+    // matching runs forward passes) could differ in the last bit on a backend whose kernels are not
+    // bit-reproducible, and fail the resume; the fingerprint (zoo, data, alignment) ties the checkpoint to
+    // this run all the same.
+    const reference = resumeFrom?.model.reference ?? (await zooReferenceWith(zooParams as StudentParams[], alignmentContext(alignment, split.consolidation)));
     const result = await metaTrain(
       {
         arch,
