@@ -67,16 +67,20 @@ describe('alignment block', () => {
       assert.deepEqual(loadPipelineText(`${cnn}alignment: {}\n`, 'a.yaml').spec.alignment, { method: 'weights', samples: 512 });
       assert.deepEqual(loadPipelineText(`${cnn}alignment: {method: activations, samples: 64}\n`, 'a.yaml').spec.alignment, { method: 'activations', samples: 64 });
       assert.notEqual(explicit.hash, plain.hash);
-      // mlp supports it too.
+      // mlp and resnet support it too.
       assert.deepEqual(loadPipelineText('version: 1\nname: a\nalignment: {method: activations}\n', 'a.yaml').spec.alignment, { method: 'activations', samples: 512 });
+      assert.deepEqual(loadPipelineText('version: 1\nname: a\narchitecture: {family: resnet}\nalignment: {method: activations, samples: 64}\n', 'a.yaml').spec.alignment, { method: 'activations', samples: 64 });
       const example = loadPipelineFile(path.join(ROOT, 'pipelines/cnn-activations.yaml'));
       assert.deepEqual(example.spec.alignment, { method: 'activations', samples: 512 });
+      const resnetExample = loadPipelineFile(path.join(ROOT, 'pipelines/resnet-activations.yaml'));
+      assert.deepEqual(resnetExample.spec.alignment, { method: 'activations', samples: 512 });
+      assert.equal(resnetExample.spec.architecture.family, 'resnet');
     });
 
-    it('refuses activations for a family without it, and bad values, positioned', () => {
+    it('refuses activations for a family without it (vit), and bad values, positioned', () => {
       assert.equal(
-        specError('version: 1\nname: a\narchitecture: {family: resnet}\nalignment:\n  method: activations\n'),
-        "a.yaml:5:11: /alignment/method: activation matching is implemented for the mlp and cnn families (architecture.family is 'resnet'); use 'weights'",
+        specError('version: 1\nname: a\narchitecture: {family: vit}\nalignment:\n  method: activations\n'),
+        "a.yaml:5:11: /alignment/method: activation matching is implemented for the mlp, cnn and resnet families (architecture.family is 'vit'); use 'weights'",
       );
       assert.match(specError('version: 1\nname: a\narchitecture: {family: vit}\nalignment: {method: activations}\n'), /^a\.yaml:4:21: \/alignment\/method: activation matching/);
       // weights is fine for every family.

@@ -30,6 +30,7 @@ import type {
   ResnetTrainResult,
   TrainResnetOptions,
 } from '../src/ml/resnet';
+import { randomResnet, randomResnetPerms as randomPerms, resnetLogitsOf as logitsOf } from './helpers/resnet';
 import {
   alignResnetToReference,
   alignedAverageResnet,
@@ -75,33 +76,6 @@ const SMALL: ResnetArchitecture = { family: 'resnet', inputShape: [8, 8, 2], wid
  * reached only 45–50% held-out accuracy (too small a receptive field); three reach ~80% at little cost.
  */
 const MNIST_RESNET: ResnetArchitecture = { family: 'resnet', inputShape: [28, 28, 1], width: 8, stages: 3, blocksPerStage: 1, kernelSize: 3, outputSize: 10 };
-
-/** A ResNet whose every entry is non-trivial (initResnet's biases, β and running statistics are constants, which would hide permutation bugs). */
-function randomResnet(arch: ResnetArchitecture, seed: number): ResnetParams {
-  const p = initResnet(arch, seed);
-  const r = new Rng(seed + 1000);
-  for (const c of resnetConvs(p)) {
-    for (let i = 0; i < c.outChannels; i++) {
-      c.bias[i] = r.normal(0, 0.3);
-      c.bn.gamma[i] = 0.5 + r.nextFloat();
-      c.bn.beta[i] = r.normal(0, 0.3);
-      c.bn.runningMean[i] = r.normal(0, 0.3);
-      c.bn.runningVar[i] = 0.5 + r.nextFloat();
-    }
-  }
-  for (let i = 0; i < p.head.b.length; i++) p.head.b[i] = r.normal(0, 0.3);
-  return p;
-}
-
-function randomPerms(p: ResnetParams, seed: number): ResnetPermutations {
-  const r = new Rng(seed);
-  const width = p.stem.outChannels;
-  return { stream: r.permutation(width), inner: resnetBlocks(p).map(() => r.permutation(width)) };
-}
-
-function logitsOf(p: ResnetParams, ds: Dataset, mode: 'train' | 'eval'): Promise<Float32Array> {
-  return logitsOfParams(p, ds, resnetParamsToTensors, (t, x) => resnetLogits(t, x, mode), disposeResnetTensors);
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // An independent float64 reference of the whole network and its loss, written without tfjs.

@@ -2,8 +2,9 @@
  * Activation matching (Ainsworth et al., "Git Re-Basin", §3.1): a teacher's hidden units are matched to a
  * reference's by how their outputs correlate on the same inputs, instead of by how their weights do.
  *
- * The shared part (per-layer Pearson correlation, one linear assignment per layer) and the MLP's version;
- * the CNN's is `cnn/align-activations.ts`. A permutation never changes what a unit computes, only where it
+ * The shared part (per-layer Pearson correlation, one linear assignment per layer, or per group of sites
+ * that share one unit order) and the MLP's version; the CNN's is `cnn/align-activations.ts`, the ResNet's
+ * `resnet/align-activations.ts`. A permutation never changes what a unit computes, only where it
  * sits, so every layer's activations are the same before and after the other layers are aligned, and each
  * layer is matched on its own (no coordinate ascent, unlike weight matching).
  *
@@ -75,6 +76,32 @@ export function correlation(reference: Float64Array[], teacher: Float64Array[]):
   return sim;
 }
 
+/** The same units of a reference and a teacher observed at one place of the network, on the same inputs. */
+export interface ActivationSite {
+  reference: LayerActivations;
+  teacher: LayerActivations;
+}
+
+/**
+ * One assignment for units observed at several sites (a ResNet's residual stream is read in many places but
+ * has one channel order): the one maximising the correlation of reference unit i with teacher unit perm[i]
+ * summed over the sites, each site's correlation matrix counting once whatever its number of rows. With one
+ * site it is exactly that site's assignment. `perm[i]` = the teacher's old index of new unit i, as the
+ * permute functions take it.
+ */
+export function assignBySummedCorrelation(sites: ActivationSite[], what = 'units'): Int32Array {
+  const n = sites[0]?.reference.units;
+  if (n === undefined) throw new Error(`${what}: no activation sites`);
+  let sum: Float64Array | undefined;
+  sites.forEach(({ reference: r, teacher: t }, s) => {
+    if (r.units !== n || t.units !== n) throw new Error(`${what}, site ${s}: activations of different widths`);
+    const corr = correlation(standardizedColumns(r.values, r.units), standardizedColumns(t.values, t.units));
+    if (!sum) sum = corr;
+    else for (let k = 0; k < corr.length; k++) sum[k] = (sum[k] ?? 0) + (corr[k] ?? 0);
+  });
+  return maximizeAssignment(sum as Float64Array, n);
+}
+
 /**
  * Per layer, the assignment maximising the summed correlation of reference unit i with teacher unit
  * perm[i] (`perm[i]` = the teacher's old index of new unit i, as the permute functions take it).
@@ -84,7 +111,7 @@ export function assignByActivations(reference: LayerActivations[], teacher: Laye
   return reference.map((r, g) => {
     const t = teacher[g];
     if (!t || t.units !== r.units) throw new Error(`layer ${g}: activations of different widths`);
-    return maximizeAssignment(correlation(standardizedColumns(r.values, r.units), standardizedColumns(t.values, t.units)), r.units);
+    return assignBySummedCorrelation([{ reference: r, teacher: t }], `layer ${g}`);
   });
 }
 

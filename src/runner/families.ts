@@ -36,6 +36,7 @@ import { accuracy as mlpAccuracy, accuracyOfScores, ensembleProbs as mlpEnsemble
 import { alignedAverage as mlpAlignedAverage, averageParams as mlpAverageParams, naiveAverage as mlpNaiveAverage } from '../ml/align';
 import { alignMlpByActivations, alignedAverageByActivations } from '../ml/align-activations';
 import { alignCnnByActivations } from '../ml/cnn/align-activations';
+import { alignResnetByActivations } from '../ml/resnet/align-activations';
 import { packTfjsArtifact, packTfjsModel, readTfjsModelDir, tfjsArtifactToParams, unpackTfjsArtifact } from '../ml/tfjs-format';
 import { readSafetensorsTeacher } from '../ml/formats/torch-mlp';
 import { MLP_EARLY_STOPPING, type EarlyStoppingTrainer } from '../ml/early-stopping';
@@ -51,7 +52,7 @@ import type { ResnetParams } from '../ml/resnet/architecture';
 import { checkResnetParamsMatch, cloneResnetParams, initResnet, resnetSignature } from '../ml/resnet/architecture';
 import { predictResnetLogits, recomputeResnetBnStatistics, resnetAccuracy } from '../ml/resnet/forward';
 import { deserializeResnetParams, serializeResnetParams } from '../ml/resnet/io';
-import { alignedAverageResnet, naiveAverageResnet } from '../ml/resnet/align';
+import { alignedAverageResnet, averageResnetParams, naiveAverageResnet } from '../ml/resnet/align';
 import { deserializeResnetTrainState, serializeResnetTrainState, trainResnet } from '../ml/resnet/train';
 import { readSafetensorsResnet, serializeSafetensorsResnet } from '../ml/formats/torch-resnet';
 import type { VitParams } from '../ml/vit/architecture';
@@ -255,6 +256,7 @@ export const RESNET_RUNTIME: FamilyRuntime<ResnetArchitecture, ResnetParams> = {
   ...ensembleOfLogits(predictResnetLogits),
   naiveAverage: naiveAverageResnet,
   alignedAverage: (list) => alignedAverageResnet(list, 0),
+  alignedAverageByActivations: (list, images) => alignedAverageByActivations(list, images, alignResnetByActivations, averageResnetParams),
   hasBatchNorm: () => true,
   recomputeBn: recomputeResnetBnStatistics,
   pack: serializeResnetParams,

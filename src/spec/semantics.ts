@@ -21,7 +21,7 @@ export const CIFAR_INPUT_SHAPE: [number, number, number] = [32, 32, 3];
  * `alignByActivations`, src/ml/weightformer/family.ts, and the runner's `alignedAverageByActivations`; a
  * test checks they agree).
  */
-export const ACTIVATION_ALIGNMENT_FAMILIES: readonly ArchitectureFamily[] = ['mlp', 'cnn'];
+export const ACTIVATION_ALIGNMENT_FAMILIES: readonly ArchitectureFamily[] = ['mlp', 'cnn', 'resnet'];
 
 export function semanticProblems(spec: PipelineSpec): Problem[] {
   const problems: Problem[] = [];

@@ -149,7 +149,7 @@ export interface GenerateSpec {
  * weight matching, and keeps the spec (and its hash) it always had.
  */
 export interface AlignmentSpec {
-  /** `weights`: weight matching; `activations` (cnn, mlp): activation matching on consolidation examples. */
+  /** `weights`: weight matching; `activations` (cnn, mlp, resnet): activation matching on consolidation examples. */
   method: 'weights' | 'activations';
   /** `activations`: the first `samples` consolidation examples (all when fewer) are matched on. */
   samples: number;

@@ -5,7 +5,8 @@
  * - ResNet (`resnet/rows.ts`): per conv (stem, then each block's conv1 and conv2) one row per output
  *   channel = the kernel slice (k·k·cin), the bias, γ, β, running mean, running variance; the head one row
  *   per class = its incoming weights and bias. Teachers are aligned with one permutation for the whole
- *   residual stream plus one per block's inner channels (`alignResnetToReference`).
+ *   residual stream plus one per block's inner channels (`alignResnetToReference`; by activations,
+ *   `alignResnetByActivations`).
  * - ViT (`vit/rows.ts`): patch embedding, q, k, v, proj, fc1, fc2 and head rows (incoming weights, bias),
  *   LayerNorm rows [γ, β] per feature, position-embedding rows per token. Teachers are aligned by heads
  *   (q/k/v rows move with their head, proj's columns follow) and MLP units (`alignVitToReference`).
@@ -17,6 +18,7 @@ import type { Dataset } from '../data';
 import type { ResnetArchitecture, ResnetParams } from '../resnet/architecture';
 import { checkResnetArchitecture, checkResnetParamsMatch, resnetSignature } from '../resnet/architecture';
 import { alignResnetToReference, alignedAverageResnet, averageResnetParams } from '../resnet/align';
+import { alignResnetByActivations } from '../resnet/align-activations';
 import { predictResnetLogits, resnetAccuracy, resnetLogits } from '../resnet/forward';
 import { deserializeResnetParams, resnetParamsDigest, serializeResnetParams } from '../resnet/io';
 import { resnetToRows, rowsToResnetParams, rowsToResnetTensors } from '../resnet/rows';
@@ -85,6 +87,7 @@ export const RESNET_FAMILY: StudentFamily = {
     return p;
   },
   align: (reference, teacher) => alignResnetToReference(resnetParams(reference), resnetParams(teacher)),
+  alignByActivations: (reference, teacher, images) => alignResnetByActivations(resnetParams(reference), resnetParams(teacher), images),
   alignedAverage: (list) => alignedAverageResnet(list.map(resnetParams), 0),
   average: (list) => averageResnetParams(list.map(resnetParams)),
   digest: (p) => resnetParamsDigest(resnetParams(p)),
