@@ -13,6 +13,7 @@ import { familyOf, recomputeStudentBn } from '../src/ml/weightformer/family';
 import { layoutOf } from '../src/ml/weightformer/tokens';
 import { InputError } from '../src/util/errors';
 import { concatArrays } from './helpers/ml';
+import { randomResnet } from './helpers/resnet';
 
 /** Two stages (so one pool), two blocks per stage: two stream-sharing conv2s per stage. */
 const RESNET: ResnetArchitecture = { family: 'resnet', inputShape: [6, 6, 2], width: 3, stages: 2, blocksPerStage: 2, kernelSize: 3, outputSize: 3 };
@@ -25,23 +26,6 @@ const CONFIGS: Array<[string, Partial<WeightformerConfig>]> = [
   ['mixing + agreement statistics + content gate, within-layer attention', { mixing: true, agreementStats: true, contentGate: true, crossLayer: false }],
   ['teacher ablation with mixing', { teacherInput: false, mixing: true }],
 ];
-
-/** A ResNet whose every entry is non-trivial (initResnet's biases, β and running statistics are constants). */
-function randomResnet(arch: ResnetArchitecture, seed: number): ResnetParams {
-  const p = initResnet(arch, seed);
-  const r = new Rng(seed + 1000);
-  for (const c of resnetConvs(p)) {
-    for (let i = 0; i < c.outChannels; i++) {
-      c.bias[i] = r.normal(0, 0.3);
-      c.bn.gamma[i] = 0.5 + r.nextFloat();
-      c.bn.beta[i] = r.normal(0, 0.3);
-      c.bn.runningMean[i] = r.normal(0, 0.3);
-      c.bn.runningVar[i] = 0.5 + r.nextFloat();
-    }
-  }
-  for (let i = 0; i < p.head.b.length; i++) p.head.b[i] = r.normal(0, 0.3);
-  return p;
-}
 
 /** A ViT whose every entry is non-trivial (initVit's biases and LayerNorms are constants). */
 function randomVit(arch: VitArchitecture, seed: number): VitParams {
