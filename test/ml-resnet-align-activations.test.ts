@@ -3,7 +3,7 @@ import type { Dataset } from '../src/ml/data';
 import { alignedAverageByActivations } from '../src/ml/align-activations';
 import type { ResnetArchitecture, ResnetParams, ResnetPermutations } from '../src/ml/resnet';
 import { averageResnetParams, cloneResnetParams, disposeResnetTensors, permuteResnetChannels, resnetLogits, resnetParamArrays, resnetParamsToTensors, resnetSignature } from '../src/ml/resnet';
-import { alignResnetByActivations, matchResnetActivations, resnetSiteActivations } from '../src/ml/resnet/align-activations';
+import { RESNET_ACTIVATION_MATCHER, alignResnetByActivations, matchResnetActivations, resnetSiteActivations } from '../src/ml/resnet/align-activations';
 import { Rng } from '../src/ml/rng';
 import { tf } from '../src/ml/tf';
 import { alignTeachers } from '../src/ml/weightformer';
@@ -107,7 +107,7 @@ describe('ml resnet: activation matching', () => {
       assert.ok(maxAbsDiff(await logitsOf(aligned, x), await logitsOf(reference, x)) < 1e-5);
       // The wired entry points: the aligned average, the runner's and the WeightFormer adapter's.
       assert.deepEqual(await alignResnetByActivations(reference, copy, images), reference);
-      assert.deepEqual(await alignedAverageByActivations([reference, copy], images, alignResnetByActivations, averageResnetParams), reference);
+      assert.deepEqual(await alignedAverageByActivations([reference, copy], images, RESNET_ACTIVATION_MATCHER, averageResnetParams), reference);
       assert.deepEqual(await RESNET_RUNTIME.alignedAverageByActivations?.([reference, copy], images), reference);
       assert.deepEqual(await alignTeachers(RESNET_FAMILY, reference, [copy], { method: 'activations', images }), [reference]);
     }

@@ -146,17 +146,26 @@ async function mlpHiddenActivations(p: MlpParams, images: Dataset): Promise<Laye
   }
 }
 
+/** MLP activation matching: hidden units by the correlation of their activations, one assignment per hidden layer. */
+export const MLP_ACTIVATION_MATCHER: ActivationMatcher<MlpParams, LayerActivations[], Int32Array[]> = {
+  check(reference, teacher, images) {
+    checkSameSignature([reference, teacher], architectureSignature);
+    const inputSize = reference.layers[0]?.inSize ?? 0;
+    if (images.n < 2) throw new InputError('activation matching needs at least 2 examples');
+    if (featureSize(images) !== inputSize) throw new InputError(`the matching data has ${featureSize(images)} features per example, the MLP reads ${inputSize}`);
+  },
+  activations: mlpHiddenActivations,
+  assign: assignByActivations,
+  permute: permuteHiddenUnits,
+};
+
 /**
  * The permutations activation matching chooses to align MLP `teacher` to `reference` (use with
  * `permuteHiddenUnits`): per hidden layer, hidden units matched by the correlation of their activations on
  * `images`.
  */
-export async function matchMlpActivations(reference: MlpParams, teacher: MlpParams, images: Dataset): Promise<Int32Array[]> {
-  checkSameSignature([reference, teacher], architectureSignature);
-  const inputSize = reference.layers[0]?.inSize ?? 0;
-  if (images.n < 2) throw new InputError('activation matching needs at least 2 examples');
-  if (featureSize(images) !== inputSize) throw new InputError(`the matching data has ${featureSize(images)} features per example, the MLP reads ${inputSize}`);
-  return assignByActivations(await mlpHiddenActivations(reference, images), await mlpHiddenActivations(teacher, images));
+export function matchMlpActivations(reference: MlpParams, teacher: MlpParams, images: Dataset): Promise<Int32Array[]> {
+  return matchByActivations(MLP_ACTIVATION_MATCHER, reference, teacher, images);
 }
 
 /** MLP `teacher` with its hidden units permuted to match `reference` by activations on `images`. Function-preserving. */
@@ -165,19 +174,51 @@ export async function alignMlpByActivations(reference: MlpParams, teacher: MlpPa
 }
 
 /**
- * Every model aligned to `list[referenceIndex]` by `align` (an activation matcher), then averaged: the
+ * A family's activation matching in its parts, so an ensemble can be aligned with the reference run once
+ * (`alignAllByActivations`): the checks, a model's activations at its matching sites, the permutations two
+ * models' activations give, and applying them.
+ */
+export interface ActivationMatcher<P, A, Perms> {
+  /** Throws (InputError) unless `teacher` can be matched to `reference` on `images`. */
+  check(reference: P, teacher: P, images: Dataset): void;
+  activations(p: P, images: Dataset): Promise<A>;
+  /** `perm[i]` = the teacher's old index of new unit i, per permutation group. */
+  assign(reference: A, teacher: A): Perms;
+  permute(p: P, perms: Perms): P;
+}
+
+/** The permutations aligning `teacher` to `reference` by activations on `images`. */
+export async function matchByActivations<P, A, Perms>(m: ActivationMatcher<P, A, Perms>, reference: P, teacher: P, images: Dataset): Promise<Perms> {
+  m.check(reference, teacher, images);
+  return m.assign(await m.activations(reference, images), await m.activations(teacher, images));
+}
+
+/**
+ * Every teacher aligned to `reference` by activations on `images` (function-preserving), the reference run
+ * once for the whole ensemble rather than once per teacher.
+ */
+export async function alignAllByActivations<P, A, Perms>(m: ActivationMatcher<P, A, Perms>, reference: P, teachers: P[], images: Dataset): Promise<P[]> {
+  for (const t of teachers) m.check(reference, t, images);
+  const ref = await m.activations(reference, images);
+  const out: P[] = [];
+  for (const t of teachers) out.push(m.permute(t, m.assign(ref, await m.activations(t, images))));
+  return out;
+}
+
+/**
+ * Every model aligned to `list[referenceIndex]` by activation matching, then averaged: the
  * activation-matched counterpart of `alignedAverageOf`. The reference itself is not permuted.
  */
-export async function alignedAverageByActivations<P>(
+export async function alignedAverageByActivations<P, A, Perms>(
   list: P[],
   images: Dataset,
-  align: (reference: P, teacher: P, images: Dataset) => Promise<P>,
+  matcher: ActivationMatcher<P, A, Perms>,
   average: (list: P[]) => P,
   referenceIndex = 0,
 ): Promise<P> {
   const reference = list[referenceIndex];
   if (reference === undefined) throw new InputError(`no model at reference index ${referenceIndex}`);
-  const aligned: P[] = [];
-  for (const [i, p] of list.entries()) aligned.push(i === referenceIndex ? p : await align(reference, p, images));
-  return average(aligned);
+  const others = list.filter((_, i) => i !== referenceIndex);
+  const aligned = await alignAllByActivations(matcher, reference, others, images);
+  return average([...aligned.slice(0, referenceIndex), reference, ...aligned.slice(referenceIndex)]);
 }

@@ -34,9 +34,9 @@ import { softmaxOfLogits } from '../ml/evaluate';
 import type { MlpParams } from '../ml/mlp';
 import { accuracy as mlpAccuracy, accuracyOfScores, ensembleProbs as mlpEnsembleProbs, initMlp } from '../ml/mlp';
 import { alignedAverage as mlpAlignedAverage, averageParams as mlpAverageParams, naiveAverage as mlpNaiveAverage } from '../ml/align';
-import { alignMlpByActivations, alignedAverageByActivations } from '../ml/align-activations';
-import { alignCnnByActivations } from '../ml/cnn/align-activations';
-import { alignResnetByActivations } from '../ml/resnet/align-activations';
+import { MLP_ACTIVATION_MATCHER, alignedAverageByActivations } from '../ml/align-activations';
+import { cnnActivationMatcher } from '../ml/cnn/align-activations';
+import { RESNET_ACTIVATION_MATCHER } from '../ml/resnet/align-activations';
 import { packTfjsArtifact, packTfjsModel, readTfjsModelDir, tfjsArtifactToParams, unpackTfjsArtifact } from '../ml/tfjs-format';
 import { readSafetensorsTeacher } from '../ml/formats/torch-mlp';
 import { MLP_EARLY_STOPPING, type EarlyStoppingTrainer } from '../ml/early-stopping';
@@ -199,7 +199,7 @@ export const MLP_RUNTIME: FamilyRuntime<ArchitectureSpec, MlpParams> = {
   ensembleAccuracy: async (list, ds) => accuracyOfScores(await mlpEnsembleProbs(list, ds), ds.y),
   naiveAverage: mlpNaiveAverage,
   alignedAverage: (list) => mlpAlignedAverage(list),
-  alignedAverageByActivations: (list, images) => alignedAverageByActivations(list, images, alignMlpByActivations, mlpAverageParams),
+  alignedAverageByActivations: (list, images) => alignedAverageByActivations(list, images, MLP_ACTIVATION_MATCHER, mlpAverageParams),
   hasBatchNorm: () => false,
   recomputeBn: async (p) => p,
   // The bytes MLP artifacts always had (existing caches and tests rely on them).
@@ -226,7 +226,7 @@ export const CNN_RUNTIME: FamilyRuntime<CnnArchitecture, CnnParams> = {
   ...ensembleOfLogits(predictCnnLogits),
   naiveAverage: naiveAverageCnn,
   alignedAverage: (list) => alignedAverageCnn(list, 0),
-  alignedAverageByActivations: (list, images) => alignedAverageByActivations(list, images, alignCnnByActivations, averageCnnParams),
+  alignedAverageByActivations: (list, images) => alignedAverageByActivations(list, images, cnnActivationMatcher(), averageCnnParams),
   hasBatchNorm: (arch) => arch.batchNorm,
   recomputeBn: recomputeBnStatistics,
   pack: (p) => {
@@ -256,7 +256,7 @@ export const RESNET_RUNTIME: FamilyRuntime<ResnetArchitecture, ResnetParams> = {
   ...ensembleOfLogits(predictResnetLogits),
   naiveAverage: naiveAverageResnet,
   alignedAverage: (list) => alignedAverageResnet(list, 0),
-  alignedAverageByActivations: (list, images) => alignedAverageByActivations(list, images, alignResnetByActivations, averageResnetParams),
+  alignedAverageByActivations: (list, images) => alignedAverageByActivations(list, images, RESNET_ACTIVATION_MATCHER, averageResnetParams),
   hasBatchNorm: () => true,
   recomputeBn: recomputeResnetBnStatistics,
   pack: serializeResnetParams,

@@ -18,7 +18,7 @@ export const MNIST_INPUT_SHAPE: [number, number, number] = [28, 28, 1];
 export const CIFAR_INPUT_SHAPE: [number, number, number] = [32, 32, 3];
 /**
  * The families `alignment.method: activations` is implemented for (the WeightFormer adapters with
- * `alignByActivations`, src/ml/weightformer/family.ts, and the runner's `alignedAverageByActivations`; a
+ * `alignAllByActivations`, src/ml/weightformer/family.ts, and the runner's `alignedAverageByActivations`; a
  * test checks they agree).
  */
 export const ACTIVATION_ALIGNMENT_FAMILIES: readonly ArchitectureFamily[] = ['mlp', 'cnn', 'resnet'];

@@ -24,8 +24,9 @@
 import type { Dataset } from '../data';
 import { checkImageFeatures } from '../evaluate';
 import { checkSameSignature } from '../align';
-import { assignByActivations, layerActivationsOnHost, type LayerActivations } from '../align-activations';
+import { assignByActivations, layerActivationsOnHost, matchByActivations, type ActivationMatcher, type LayerActivations } from '../align-activations';
 import { tf } from '../tf';
+import { InputError } from '../../util/errors';
 import type { CnnParams } from './architecture';
 import { cnnSignature } from './architecture';
 import type { CnnPermutations } from './align';
@@ -93,6 +94,20 @@ async function activationsOf(p: CnnParams, images: Dataset, convSite: ConvActiva
   }
 }
 
+/** CNN activation matching at `convSite`: conv channels and hidden dense units, one assignment per layer. */
+export function cnnActivationMatcher(convSite: ConvActivationSite = 'pooled'): ActivationMatcher<CnnParams, LayerActivations[], CnnPermutations> {
+  return {
+    check(reference, teacher, images) {
+      checkSameSignature([reference, teacher], cnnSignature);
+      checkImageFeatures(reference.inputShape, images);
+      if (images.n < 2) throw new InputError('activation matching needs at least 2 images');
+    },
+    activations: (p, images) => activationsOf(p, images, convSite),
+    assign: assignByActivations,
+    permute: permuteCnnUnits,
+  };
+}
+
 /**
  * The permutations activation matching chooses to align `teacher` to `reference` (use with
  * `permuteCnnUnits`): per conv block and hidden dense layer, the assignment maximising the summed
@@ -101,12 +116,8 @@ async function activationsOf(p: CnnParams, images: Dataset, convSite: ConvActiva
  * @example
  * const aligned = permuteCnnUnits(teacher, await matchCnnActivations(reference, teacher, split.consolidation));
  */
-export async function matchCnnActivations(reference: CnnParams, teacher: CnnParams, images: Dataset, options: MatchActivationsOptions = {}): Promise<CnnPermutations> {
-  checkSameSignature([reference, teacher], cnnSignature);
-  checkImageFeatures(reference.inputShape, images);
-  if (images.n < 2) throw new Error('activation matching needs at least 2 images');
-  const site = options.convSite ?? 'pooled';
-  return assignByActivations(await activationsOf(reference, images, site), await activationsOf(teacher, images, site));
+export function matchCnnActivations(reference: CnnParams, teacher: CnnParams, images: Dataset, options: MatchActivationsOptions = {}): Promise<CnnPermutations> {
+  return matchByActivations(cnnActivationMatcher(options.convSite), reference, teacher, images);
 }
 
 /** CNN `teacher` with its channels and hidden units permuted to match `reference` by activations on `images`. Function-preserving. */

@@ -21,7 +21,7 @@
  * A pipeline chooses it with `alignment: {method: activations}` (README).
  */
 import { checkSameSignature } from '../align';
-import { assignByActivations, assignBySummedCorrelation, layerActivationsOnHost, type LayerActivations } from '../align-activations';
+import { assignByActivations, assignBySummedCorrelation, layerActivationsOnHost, matchByActivations, type ActivationMatcher, type LayerActivations } from '../align-activations';
 import { asNhwc, batchNormEval, conv2dSame, pool2x2 } from '../cnn/ops';
 import type { Dataset } from '../data';
 import { checkImageFeatures } from '../evaluate';
@@ -85,6 +85,21 @@ async function siteActivationsOf(p: ResnetParams, images: Dataset): Promise<Resn
   }
 }
 
+/** ResNet activation matching: the stream by the correlation summed over its sites, each block's inner channels on their own. */
+export const RESNET_ACTIVATION_MATCHER: ActivationMatcher<ResnetParams, ResnetSiteActivations<LayerActivations>, ResnetPermutations> = {
+  check(reference, teacher, images) {
+    checkSameSignature([reference, teacher], resnetSignature);
+    checkImageFeatures(reference.inputShape, images);
+    if (images.n < 2) throw new InputError('activation matching needs at least 2 images');
+  },
+  activations: siteActivationsOf,
+  assign(ref, tea) {
+    const sites = ref.stream.map((r, i) => ({ reference: r, teacher: tea.stream[i] as LayerActivations }));
+    return { stream: assignBySummedCorrelation(sites, 'residual stream'), inner: assignByActivations(ref.inner, tea.inner) };
+  },
+  permute: permuteResnetChannels,
+};
+
 /**
  * The permutations activation matching chooses to align `teacher` to `reference` (use with
  * `permuteResnetChannels`): the stream by the correlation summed over every place it is read, each block's
@@ -93,14 +108,8 @@ async function siteActivationsOf(p: ResnetParams, images: Dataset): Promise<Resn
  * @example
  * const aligned = permuteResnetChannels(teacher, await matchResnetActivations(reference, teacher, split.consolidation));
  */
-export async function matchResnetActivations(reference: ResnetParams, teacher: ResnetParams, images: Dataset): Promise<ResnetPermutations> {
-  checkSameSignature([reference, teacher], resnetSignature);
-  checkImageFeatures(reference.inputShape, images);
-  if (images.n < 2) throw new InputError('activation matching needs at least 2 images');
-  const ref = await siteActivationsOf(reference, images);
-  const tea = await siteActivationsOf(teacher, images);
-  const sites = ref.stream.map((r, i) => ({ reference: r, teacher: tea.stream[i] as LayerActivations }));
-  return { stream: assignBySummedCorrelation(sites, 'residual stream'), inner: assignByActivations(ref.inner, tea.inner) };
+export function matchResnetActivations(reference: ResnetParams, teacher: ResnetParams, images: Dataset): Promise<ResnetPermutations> {
+  return matchByActivations(RESNET_ACTIVATION_MATCHER, reference, teacher, images);
 }
 
 /** ResNet `teacher` with its stream and inner channels permuted to match `reference` by activations on `images`. Function-preserving. */

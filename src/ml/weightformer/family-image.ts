@@ -18,7 +18,8 @@ import type { Dataset } from '../data';
 import type { ResnetArchitecture, ResnetParams } from '../resnet/architecture';
 import { checkResnetArchitecture, checkResnetParamsMatch, resnetSignature } from '../resnet/architecture';
 import { alignResnetToReference, alignedAverageResnet, averageResnetParams } from '../resnet/align';
-import { alignResnetByActivations } from '../resnet/align-activations';
+import { alignAllByActivations } from '../align-activations';
+import { RESNET_ACTIVATION_MATCHER } from '../resnet/align-activations';
 import { predictResnetLogits, resnetAccuracy, resnetLogits } from '../resnet/forward';
 import { deserializeResnetParams, resnetParamsDigest, serializeResnetParams } from '../resnet/io';
 import { resnetToRows, rowsToResnetParams, rowsToResnetTensors } from '../resnet/rows';
@@ -87,7 +88,7 @@ export const RESNET_FAMILY: StudentFamily = {
     return p;
   },
   align: (reference, teacher) => alignResnetToReference(resnetParams(reference), resnetParams(teacher)),
-  alignByActivations: (reference, teacher, images) => alignResnetByActivations(resnetParams(reference), resnetParams(teacher), images),
+  alignAllByActivations: (reference, teachers, images) => alignAllByActivations(RESNET_ACTIVATION_MATCHER, resnetParams(reference), teachers.map(resnetParams), images),
   alignedAverage: (list) => alignedAverageResnet(list.map(resnetParams), 0),
   average: (list) => averageResnetParams(list.map(resnetParams)),
   digest: (p) => resnetParamsDigest(resnetParams(p)),

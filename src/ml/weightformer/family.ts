@@ -9,8 +9,8 @@
  */
 import { InputError } from '../../util/errors';
 import { alignToReference, alignedAverage, averageParams } from '../align';
-import { alignMlpByActivations, alignmentImages } from '../align-activations';
-import { alignCnnByActivations } from '../cnn/align-activations';
+import { MLP_ACTIVATION_MATCHER, alignAllByActivations, alignmentImages } from '../align-activations';
+import { cnnActivationMatcher } from '../cnn/align-activations';
 import type { CnnArchitecture, CnnParams } from '../cnn/architecture';
 import type { ResnetParams } from '../resnet/architecture';
 import { checkCnnArchitecture, checkCnnParamsMatch, cnnSignature } from '../cnn/architecture';
@@ -96,10 +96,11 @@ export interface StudentFamily {
   /** `teacher` with its hidden units permuted to match `reference` by weight matching (function-preserving). */
   align(reference: StudentParams, teacher: StudentParams): StudentParams;
   /**
-   * `teacher` aligned to `reference` by activation matching on `images` (function-preserving); absent
-   * for the families it is not implemented for (`alignTeachers` refuses them).
+   * Every teacher aligned to `reference` by activation matching on `images` (function-preserving; the
+   * reference is run once for them all); absent for the families it is not implemented for
+   * (`alignTeachers` refuses them).
    */
-  alignByActivations?(reference: StudentParams, teacher: StudentParams, images: Dataset): Promise<StudentParams>;
+  alignAllByActivations?(reference: StudentParams, teachers: StudentParams[], images: Dataset): Promise<StudentParams[]>;
   /** Every model aligned to `list[0]`, then averaged (`zooReference`). */
   alignedAverage(list: StudentParams[]): StudentParams;
   /** Element-wise mean of already aligned models. */
@@ -172,7 +173,7 @@ export const MLP_FAMILY: StudentFamily = {
     return rowsToParams(rows, layoutOf(a), a.activation);
   },
   align: (reference, teacher) => alignToReference(mlpParams(reference), mlpParams(teacher)),
-  alignByActivations: (reference, teacher, images) => alignMlpByActivations(mlpParams(reference), mlpParams(teacher), images),
+  alignAllByActivations: (reference, teachers, images) => alignAllByActivations(MLP_ACTIVATION_MATCHER, mlpParams(reference), teachers.map(mlpParams), images),
   alignedAverage: (list) => alignedAverage(list.map(mlpParams), 0),
   average: (list) => averageParams(list.map(mlpParams)),
   digest: (p) => paramsDigest(mlpParams(p)),
@@ -210,7 +211,7 @@ export const CNN_FAMILY: StudentFamily = {
     return p;
   },
   align: (reference, teacher) => alignCnnToReference(cnnParams(reference), cnnParams(teacher)),
-  alignByActivations: (reference, teacher, images) => alignCnnByActivations(cnnParams(reference), cnnParams(teacher), images),
+  alignAllByActivations: (reference, teachers, images) => alignAllByActivations(cnnActivationMatcher(), cnnParams(reference), teachers.map(cnnParams), images),
   alignedAverage: (list) => alignedAverageCnn(list.map(cnnParams), 0),
   average: (list) => averageCnnParams(list.map(cnnParams)),
   digest: (p) => cnnParamsDigest(cnnParams(p)),
@@ -243,7 +244,7 @@ export function familyOfParams(p: StudentParams): StudentFamily {
 }
 
 /** The families activation matching is implemented for (the spec refuses `alignment.method: activations` for others). */
-export const ACTIVATION_ALIGNMENT_FAMILIES: readonly StudentFamily['name'][] = Object.values(FAMILIES).filter((f) => f.alignByActivations).map((f) => f.name);
+export const ACTIVATION_ALIGNMENT_FAMILIES: readonly StudentFamily['name'][] = Object.values(FAMILIES).filter((f) => f.alignAllByActivations).map((f) => f.name);
 
 /**
  * `teachers` aligned to `reference` as `alignment` says: weight matching (`family.align`, the default) or
@@ -251,11 +252,9 @@ export const ACTIVATION_ALIGNMENT_FAMILIES: readonly StudentFamily['name'][] = O
  */
 export async function alignTeachers(family: StudentFamily, reference: StudentParams, teachers: StudentParams[], alignment: AlignmentContext = WEIGHT_MATCHING): Promise<StudentParams[]> {
   if (alignment.method === 'weights') return teachers.map((t) => family.align(reference, t));
-  const byActivations = family.alignByActivations;
+  const byActivations = family.alignAllByActivations;
   if (!byActivations) throw new InputError(`activation matching is not implemented for the ${family.name} family (it is for ${ACTIVATION_ALIGNMENT_FAMILIES.join(', ')}); use alignment.method weights`);
-  const out: StudentParams[] = [];
-  for (const t of teachers) out.push(await byActivations(reference, t, alignment.images));
-  return out;
+  return byActivations(reference, teachers, alignment.images);
 }
 
 /**

@@ -110,7 +110,7 @@ export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel<St
   }
   const alignment = header.alignment;
   if (alignment !== undefined && (typeof alignment !== 'object' || alignment === null || alignment.method !== 'activations' ||
-    !Number.isInteger(alignment.samples) || alignment.samples < 2 || !family.alignByActivations)) {
+    !Number.isInteger(alignment.samples) || alignment.samples < 2 || !family.alignAllByActivations)) {
     throw new InputError(`${WHAT}: bad alignment record ${JSON.stringify(alignment)}`);
   }
   const reference = family.deserialize(r.blob());

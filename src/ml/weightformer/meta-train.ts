@@ -127,7 +127,7 @@ function checkOptions(o: AnyOptions): void {
     if (o.alignment.method !== 'activations' || !Number.isInteger(o.alignment.samples) || o.alignment.samples < 2) {
       throw new InputError(`alignment must be {method: 'activations', samples: an integer ≥ 2}, got ${JSON.stringify(o.alignment)}`);
     }
-    if (!family.alignByActivations) throw new InputError(`activation matching is not implemented for ${family.name} students`);
+    if (!family.alignAllByActivations) throw new InputError(`activation matching is not implemented for ${family.name} students`);
   }
   if (o.studentBn !== undefined && o.studentBn !== 'eval' && o.studentBn !== 'train') throw new InputError(`studentBn must be eval or train, got ${String(o.studentBn)}`);
   const int = (name: string, v: number, min: number): void => {
