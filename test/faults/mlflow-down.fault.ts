@@ -105,7 +105,7 @@ describe('fault: MLflow down mid-run', function () {
         work_redone_steps: 0,
         checkpoint_interval_steps: 0,
         data_lost: audit.lost + left + failed,
-        note: `down ${Math.round(downMs / 1000)} s; up to ${buffered} records buffered in the store's outbox, ${leftAfterPipeline} still waiting when the pipeline ended (replayed by the worker's own replay), ${left} never replayed; ${audit.duplicated} duplicated${audit.problems.length ? `: ${audit.problems.slice(0, 2).join('; ')}` : ''}`,
+        note: `down ${Math.round(downMs / 1000)} s; up to ${buffered} records buffered in the store's outbox, ${leftAfterPipeline} still waiting when the pipeline ended (left to the worker's periodic replay), ${left} never replayed; ${audit.duplicated} duplicated${audit.problems.length ? `: ${audit.problems.slice(0, 2).join('; ')}` : ''}`,
       });
       assert.equal(result.status, 'completed');
       assert.ok(buffered > 0, 'nothing was buffered: the outage missed every tracking call');
