@@ -68,6 +68,20 @@ export type AlignmentContext = { method: 'weights' } | { method: 'activations'; 
 
 export const WEIGHT_MATCHING: AlignmentContext = { method: 'weights' };
 
+/**
+ * `record` checked as an alignment record for a model of `family` (InputError naming `what` otherwise):
+ * `{method: 'activations', samples: an integer ≥ 2}` on a family with activation matching. Meta-training's
+ * options and a model file's header both carry one.
+ */
+export function checkAlignmentRecord(record: unknown, family: StudentFamily, what: string): AlignmentRecord {
+  const r = record as Partial<AlignmentRecord> | null;
+  if (typeof r !== 'object' || r === null || r.method !== 'activations' || !Number.isInteger(r.samples) || (r.samples ?? 0) < 2) {
+    throw new InputError(`${what}: alignment must be {method: 'activations', samples: an integer ≥ 2}, got ${JSON.stringify(record)}`);
+  }
+  if (!family.alignAllByActivations) throw new InputError(`${what}: activation matching is not implemented for ${family.name} students`);
+  return { method: r.method, samples: r.samples as number };
+}
+
 /** The context of a recorded alignment: the images are the first `record.samples` of `data` (the consolidation set). */
 export function alignmentContext(record: AlignmentRecord | undefined, data: Dataset | undefined): AlignmentContext {
   if (!record) return WEIGHT_MATCHING;

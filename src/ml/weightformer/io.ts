@@ -13,7 +13,7 @@ import { ByteWriter, openContainer, readJsonHeader } from '../bytes';
 import type { WeightformerConfig } from './config';
 import { canonicalConfig, checkWeightformerConfig } from './config';
 import type { AlignmentRecord } from './family';
-import { familyOf } from './family';
+import { checkAlignmentRecord, familyOf } from './family';
 import type { WeightformerModel } from './model';
 import { paramSpecs } from './model';
 import type { StudentArch } from './tokens';
@@ -108,11 +108,7 @@ export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel<St
   if (!Array.isArray(header.paramNames) || header.paramNames.join(',') !== specs.map((s) => s.name).join(',')) {
     throw new InputError(`${WHAT}: its parameters do not match its config`);
   }
-  const alignment = header.alignment;
-  if (alignment !== undefined && (typeof alignment !== 'object' || alignment === null || alignment.method !== 'activations' ||
-    !Number.isInteger(alignment.samples) || alignment.samples < 2 || !family.alignAllByActivations)) {
-    throw new InputError(`${WHAT}: bad alignment record ${JSON.stringify(alignment)}`);
-  }
+  const alignment = header.alignment === undefined ? undefined : checkAlignmentRecord(header.alignment, family, WHAT);
   const reference = family.deserialize(r.blob());
   family.checkParams(reference, header.arch);
   const center: Float32Array[] = [];
@@ -146,7 +142,7 @@ export function deserializeWeightformer(bytes: Uint8Array): WeightformerModel<St
     arch: header.arch,
     signature,
     reference,
-    ...(alignment ? { alignment: { method: alignment.method, samples: alignment.samples } } : {}),
+    ...(alignment ? { alignment } : {}),
     stats: { center, scale, tokenNorm: header.tokenNorm.slice(), probe },
     params,
   };

@@ -30,7 +30,7 @@ import type { LossPoint } from '../train-state';
 import type { WeightformerConfig } from './config';
 import { canonicalConfig, checkWeightformerConfig } from './config';
 import type { AlignmentRecord, StudentBnMode, StudentFamily } from './family';
-import { alignTeachers, alignmentContext, familyOf } from './family';
+import { alignTeachers, alignmentContext, checkAlignmentRecord, familyOf } from './family';
 import { generateWith } from './generate';
 import type { ModelConstants, SetTensors, WeightformerModel } from './model';
 import { asParams, disposeModelConstants, disposeSet, initWeightformer, modelConstants, paramSpecs, studentRows, uploadSet } from './model';
@@ -123,12 +123,7 @@ function checkOptions(o: AnyOptions): void {
     if (e.length < 1) throw new InputError('a validation ensemble is empty');
     for (const p of e) family.checkParams(p, o.arch);
   }
-  if (o.alignment !== undefined) {
-    if (o.alignment.method !== 'activations' || !Number.isInteger(o.alignment.samples) || o.alignment.samples < 2) {
-      throw new InputError(`alignment must be {method: 'activations', samples: an integer ≥ 2}, got ${JSON.stringify(o.alignment)}`);
-    }
-    if (!family.alignAllByActivations) throw new InputError(`activation matching is not implemented for ${family.name} students`);
-  }
+  if (o.alignment !== undefined) checkAlignmentRecord(o.alignment, family, 'metaTrain');
   if (o.studentBn !== undefined && o.studentBn !== 'eval' && o.studentBn !== 'train') throw new InputError(`studentBn must be eval or train, got ${String(o.studentBn)}`);
   const int = (name: string, v: number, min: number): void => {
     if (!Number.isInteger(v) || v < min) throw new InputError(`${name} must be an integer ≥ ${min}, got ${v}`);

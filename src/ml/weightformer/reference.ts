@@ -4,7 +4,7 @@
 import { InputError } from '../../util/errors';
 import type { CnnParams } from '../cnn/architecture';
 import type { MlpParams } from '../mlp';
-import type { AlignmentContext } from './family';
+import type { AlignmentContext, StudentFamily } from './family';
 import { alignTeachers, familyOfParams, recomputeStudentBn } from './family';
 import type { StudentParams } from './tokens';
 
@@ -35,11 +35,16 @@ export function zooReference(zoo: MlpParams[]): MlpParams;
 export function zooReference(zoo: CnnParams[]): CnnParams;
 export function zooReference(zoo: StudentParams[]): StudentParams;
 export function zooReference(zoo: StudentParams[]): StudentParams {
+  return zooFamily(zoo).family.alignedAverage(zoo);
+}
+
+/** The zoo's family and first teacher (InputError for an empty zoo or one that mixes families). */
+function zooFamily(zoo: StudentParams[]): { family: StudentFamily; first: StudentParams } {
   const first = zoo[0];
   if (!first) throw new InputError('the zoo is empty');
   const family = familyOfParams(first);
   if (zoo.some((p) => familyOfParams(p) !== family)) throw new InputError('the zoo mixes architecture families');
-  return family.alignedAverage(zoo);
+  return { family, first };
 }
 
 /**
@@ -49,10 +54,7 @@ export function zooReference(zoo: StudentParams[]): StudentParams {
  */
 export async function zooReferenceWith(zoo: StudentParams[], alignment: AlignmentContext): Promise<StudentParams> {
   if (alignment.method === 'weights') return zooReference(zoo);
-  const first = zoo[0];
-  if (!first) throw new InputError('the zoo is empty');
-  const family = familyOfParams(first);
-  if (zoo.some((p) => familyOfParams(p) !== family)) throw new InputError('the zoo mixes architecture families');
+  const { family, first } = zooFamily(zoo);
   const averaged = family.average([first, ...(await alignTeachers(family, first, zoo.slice(1), alignment))]);
   return recomputeStudentBn(averaged, alignment.images);
 }
