@@ -151,7 +151,6 @@ export const MLP_ACTIVATION_MATCHER: ActivationMatcher<MlpParams, LayerActivatio
   check(reference, teacher, images) {
     checkSameSignature([reference, teacher], architectureSignature);
     const inputSize = reference.layers[0]?.inSize ?? 0;
-    if (images.n < 2) throw new InputError('activation matching needs at least 2 examples');
     if (featureSize(images) !== inputSize) throw new InputError(`the matching data has ${featureSize(images)} features per example, the MLP reads ${inputSize}`);
   },
   activations: mlpHiddenActivations,
@@ -187,8 +186,14 @@ export interface ActivationMatcher<P, A, Perms> {
   permute(p: P, perms: Perms): P;
 }
 
+/** A correlation needs at least two examples, whatever the family. */
+function checkMatchingImages(images: Dataset): void {
+  if (images.n < 2) throw new InputError(`activation matching needs at least 2 examples, got ${images.n}`);
+}
+
 /** The permutations aligning `teacher` to `reference` by activations on `images`. */
 export async function matchByActivations<P, A, Perms>(m: ActivationMatcher<P, A, Perms>, reference: P, teacher: P, images: Dataset): Promise<Perms> {
+  checkMatchingImages(images);
   m.check(reference, teacher, images);
   return m.assign(await m.activations(reference, images), await m.activations(teacher, images));
 }
@@ -198,6 +203,7 @@ export async function matchByActivations<P, A, Perms>(m: ActivationMatcher<P, A,
  * once for the whole ensemble rather than once per teacher.
  */
 export async function alignAllByActivations<P, A, Perms>(m: ActivationMatcher<P, A, Perms>, reference: P, teachers: P[], images: Dataset): Promise<P[]> {
+  checkMatchingImages(images);
   for (const t of teachers) m.check(reference, t, images);
   const ref = await m.activations(reference, images);
   const out: P[] = [];

@@ -26,7 +26,6 @@ import { checkImageFeatures } from '../evaluate';
 import { checkSameSignature } from '../align';
 import { assignByActivations, layerActivationsOnHost, matchByActivations, type ActivationMatcher, type LayerActivations } from '../align-activations';
 import { tf } from '../tf';
-import { InputError } from '../../util/errors';
 import type { CnnParams } from './architecture';
 import { cnnSignature } from './architecture';
 import type { CnnPermutations } from './align';
@@ -100,7 +99,6 @@ export function cnnActivationMatcher(convSite: ConvActivationSite = 'pooled'): A
     check(reference, teacher, images) {
       checkSameSignature([reference, teacher], cnnSignature);
       checkImageFeatures(reference.inputShape, images);
-      if (images.n < 2) throw new InputError('activation matching needs at least 2 images');
     },
     activations: (p, images) => activationsOf(p, images, convSite),
     assign: assignByActivations,
